@@ -1,0 +1,35 @@
+# The two commands a fresh machine needs: `make run` and `make test`.
+# Each creates (or reuses) the virtual environment and installs what it needs first.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: run test lint bench clean
+
+# torch is pinned here, not in pyproject.toml: 2.13.0 is the CPU build on this disk,
+# while the package metadata allows newer (CUDA) releases for GPU users.
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: $(INSTALLED)
+	$(BIN)/m2n2 demo
+
+# pytest exits 5 when it collects no test; that is not a failure of the code.
+test: $(INSTALLED)
+	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: $(INSTALLED)
+	$(BIN)/python -m benchmarks.digits --panel scratch --out benchmarks/results
+	$(BIN)/python -m benchmarks.digits --panel pretrained --out benchmarks/results
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

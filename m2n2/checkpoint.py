@@ -1,0 +1,177 @@
+"""Safetensors checkpoints: bounded header parsing, lazy tensor reads, streaming writes.
+
+Nothing here unpickles: a checkpoint is a safetensors file or an in-memory state dict.
+Writes go to a temporary name, are fsynced, then renamed, so a reader never sees a
+half-written file.
+"""
+
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from safetensors import safe_open
+
+from m2n2.errors import InvalidCheckpoint
+from m2n2.space import ParamSpace
+
+# The safetensors format caps its JSON header at 100 MB; most are a few KB.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+ACCEPTED = "a .safetensors file (pickle-based .bin/.pt/.ckpt checkpoints are never loaded)"
+
+
+class TensorSource(Protocol):
+    """Anything that hands out a model's tensors one at a time."""
+
+    space: ParamSpace
+
+    def get(self, name: str) -> torch.Tensor: ...
+
+
+class StateDictSource:
+    """Tensors held in memory."""
+
+    def __init__(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        self.state_dict = dict(state_dict)
+        self.space = ParamSpace.from_state_dict(self.state_dict)
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.state_dict[name]
+
+
+class SafetensorsSource:
+    """Tensors read from a safetensors file on demand, one at a time."""
+
+    def __init__(self, path: str | os.PathLike, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
+        self.path = Path(path)
+        self.space, self.metadata = read_header(self.path, max_header_bytes)
+        self._file = safe_open(str(self.path), framework="pt")
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._file.get_tensor(name)
+
+
+def read_header(path: str | os.PathLike, max_header_bytes: int = MAX_HEADER_BYTES) -> tuple[ParamSpace, dict[str, str]]:
+    """Parse and check a safetensors header without reading any tensor data.
+
+    Returns the parameter space (tensors in file order) and the free-form metadata.
+    Raises ``InvalidCheckpoint`` saying what is wrong and what is accepted.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise InvalidCheckpoint(f"{path.name}: file is {size} bytes, too short for {ACCEPTED}")
+        (header_len,) = struct.unpack("<Q", prefix)
+        if header_len > max_header_bytes or 8 + header_len > size:
+            raise InvalidCheckpoint(
+                f"{path.name}: header length {header_len} is larger than the file or the "
+                f"{max_header_bytes}-byte limit; expected {ACCEPTED}"
+            )
+        raw = f.read(header_len)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidCheckpoint(f"{path.name}: header is not JSON ({e}); expected {ACCEPTED}") from None
+    if not isinstance(header, dict):
+        raise InvalidCheckpoint(f"{path.name}: header is not a JSON object; expected {ACCEPTED}")
+    metadata = header.pop("__metadata__", None) or {}
+    entries = []
+    for name, info in header.items():
+        try:
+            dtype = DTYPES[info["dtype"]]
+            shape = [int(d) for d in info["shape"]]
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise InvalidCheckpoint(f"{path.name}: tensor {name!r} has an unsupported or malformed entry") from None
+        numel = 1
+        for d in shape:
+            if d < 0:
+                raise InvalidCheckpoint(f"{path.name}: tensor {name!r} has a negative dimension")
+            numel *= d
+        if end - begin != numel * dtype.itemsize:
+            raise InvalidCheckpoint(f"{path.name}: tensor {name!r} offsets do not match its shape and dtype")
+        entries.append((begin, end, name, shape, dtype))
+    entries.sort()
+    data_len, cursor = size - 8 - header_len, 0
+    for begin, end, name, _, _ in entries:
+        if begin != cursor:
+            raise InvalidCheckpoint(f"{path.name}: tensor {name!r} overlaps another or leaves a gap")
+        cursor = end
+    if cursor != data_len:
+        raise InvalidCheckpoint(f"{path.name}: data is {data_len} bytes but the header describes {cursor} (truncated?)")
+    space = ParamSpace([(name, shape, dtype) for _, _, name, shape, dtype in entries])
+    return space, {str(k): str(v) for k, v in metadata.items()}
+
+
+def write_safetensors(
+    path: str | os.PathLike,
+    space: ParamSpace,
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Stream tensors into a safetensors file in ``space`` order, atomically.
+
+    Only one tensor is held at a time, so a child of two large parents is written
+    without ever holding the whole child in memory.
+    """
+    path = Path(path)
+    header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for spec in space:
+        nbytes = spec.numel * spec.dtype.itemsize
+        header[spec.name] = {
+            "dtype": DTYPE_NAMES[spec.dtype],
+            "shape": list(spec.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the format aligns the data buffer to 8 bytes
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)) + raw)
+            for spec, (name, tensor) in zip(space, tensors, strict=True):
+                if name != spec.name or tuple(tensor.shape) != spec.shape:
+                    raise InvalidCheckpoint(
+                        f"expected tensor {spec.name!r} {list(spec.shape)}, got {name!r} {list(tensor.shape)}"
+                    )
+                f.write(tensor.detach().to(spec.dtype).contiguous().view(torch.uint8).numpy().tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def iter_tensors(source: TensorSource, space: ParamSpace) -> Iterator[tuple[str, torch.Tensor]]:
+    """A source's tensors in ``space`` order."""
+    for spec in space:
+        yield spec.name, source.get(spec.name)
+
+
+def load_state_dict(source: TensorSource) -> dict[str, torch.Tensor]:
+    """Every tensor of a source, in memory (for models small enough to hold)."""
+    return dict(iter_tensors(source, source.space))

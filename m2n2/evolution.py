@@ -1,0 +1,163 @@
+"""The M2N2 loop: one generation is pick parents, cross over at a split point, mutate,
+score, and let the child compete for a place in the archive.
+
+    evolver = M2N2(evaluate, EvolutionConfig(seed=42), FlatGenomes(dim))
+    evolver.seed_archive([model_a, model_b])
+    evolver.run(steps=10_000)
+    best = evolver.best_
+"""
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from m2n2.archive import Archive
+from m2n2.errors import InvalidScores, M2N2Error, ShapeMismatch
+from m2n2.genomes import Genomes
+
+log = logging.getLogger(__name__)
+
+Evaluate = Callable[[Any], torch.Tensor]
+
+
+class EvolutionConfig(BaseModel):
+    """Hyper-parameters of one M2N2 run; ablations and baselines are flags, not forks."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    archive_size: int = Field(20, ge=1)  # paper: 20 for digits, 15 for LLMs
+    alpha: float = Field(1.0, ge=0)  # strength of resource competition; 0 is the plain GA fitness
+    attraction: bool = True
+    crossover: bool = True
+    split_point: bool = True
+    mutation_std: float = Field(0.0, ge=0)  # paper: 0.01, only when evolving from scratch
+    seed: int = 0
+
+    @classmethod
+    def variant(cls, name: str, **overrides: Any) -> "EvolutionConfig":
+        """A named method of the paper's comparisons, e.g. ``variant("ga", seed=3)``."""
+        if name not in VARIANTS:
+            raise M2N2Error(f"unknown variant {name!r}; available: {', '.join(VARIANTS)}")
+        return cls(**{**VARIANTS[name], **overrides})
+
+
+# The paper's ablations and baselines (Fig. 2), as settings of one loop.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "m2n2": {},
+    "m2n2-no-crossover": {"crossover": False},
+    "m2n2-no-attraction": {"attraction": False},
+    "m2n2-no-split": {"split_point": False},
+    "ga": {"alpha": 0.0, "attraction": False},
+}
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one generation did. ``slot`` is where the child went, None if it was dropped."""
+
+    parent_a: int
+    parent_b: int | None
+    mixing_ratio: float
+    split_point: int
+    child: Any
+    scores: torch.Tensor  # (n_points,)
+    slot: int | None
+    evicted: bool  # True when the child displaced a member (not an empty slot)
+
+
+class M2N2:
+    """Model Merging of Natural Niches over an archive of ``config.archive_size`` slots."""
+
+    def __init__(self, evaluate: Evaluate, config: EvolutionConfig, genomes: Genomes) -> None:
+        self.evaluate = evaluate
+        self.config = config
+        self.genomes = genomes
+
+    def _ensure_state(self, n_points: int) -> None:
+        if not hasattr(self, "archive_"):
+            self.archive_ = Archive(self.config.archive_size, n_points, self.config.alpha)
+            self.generator_ = torch.Generator().manual_seed(self.config.seed)
+            self.n_evaluations_ = 0
+        elif n_points != self.archive_.scores.shape[1]:
+            raise ShapeMismatch(f"evaluator returned {n_points} scores, archive has {self.archive_.scores.shape[1]}")
+
+    @property
+    def best_(self) -> Any:
+        """The archive member with the highest mean score."""
+        return self.archive_.genomes[self.archive_.best_index()]
+
+    def score(self, genome: Any) -> torch.Tensor:
+        """Evaluate one genome and check its scores are a vector in [0, 1]."""
+        scores = torch.as_tensor(self.evaluate(genome), dtype=torch.float32)
+        if scores.ndim != 1:
+            raise ShapeMismatch(f"evaluator must return shape (n_points,), got {list(scores.shape)}")
+        low, high = torch.aminmax(scores)
+        if not (low >= 0 and high <= 1):  # also false for NaN
+            raise InvalidScores(f"evaluator returned scores in [{low:g}, {high:g}], expected [0, 1]")
+        self._ensure_state(scores.numel())
+        self.n_evaluations_ += 1
+        return scores
+
+    def offer(self, genome: Any, scores: torch.Tensor) -> tuple[int | None, bool]:
+        """Let a scored model compete for a slot: returns (its slot or None, whether a member was evicted)."""
+        self._ensure_state(scores.numel())
+        slot = self.archive_.replacement_slot(scores)
+        if slot is None:
+            return None, False
+        displaced = self.archive_.put(slot, genome, scores)
+        if displaced is not None:
+            self.genomes.release(displaced)
+        return slot, displaced is not None
+
+    def seed_archive(self, genomes: Sequence[Any]) -> "M2N2":
+        """Score starting models (specialists, or random inits) and offer each to the archive."""
+        for genome in genomes:
+            self.offer(genome, self.score(genome))
+        return self
+
+    def step(self) -> StepResult:
+        """Run one M2N2 generation."""
+        if not hasattr(self, "archive_") or len(self.archive_) == 0:
+            raise M2N2Error("the archive is empty: call seed_archive() first")
+        cfg, gen, archive = self.config, self.generator_, self.archive_
+        a, b = archive.select_parents(cfg.attraction, gen)
+        if not cfg.crossover:
+            b = None
+        mixing_ratio = float(torch.rand((), generator=gen))
+        dim = self.genomes.dim
+        split = int(torch.randint(0, dim, (), generator=gen)) if cfg.split_point else dim
+        parent_b = None if b is None else archive.genomes[b]
+        child = self.genomes.child(archive.genomes[a], parent_b, mixing_ratio, split, cfg.mutation_std, gen)
+        scores = self.score(child)
+        slot, evicted = self.offer(child, scores)
+        if slot is None:
+            self.genomes.release(child)
+        return StepResult(a, b, mixing_ratio, split, child, scores, slot, evicted)
+
+    def run(
+        self,
+        steps: int | None = None,
+        seconds: float | None = None,
+        callback: Callable[[StepResult], None] | None = None,
+        progress: bool = False,
+    ) -> "M2N2":
+        """Run generations until ``steps`` are done or ``seconds`` have passed, whichever comes first."""
+        if steps is None and seconds is None:
+            raise M2N2Error("run() needs a budget: steps, seconds, or both")
+        deadline = None if seconds is None else time.monotonic() + seconds
+        done = 0
+        with tqdm(total=steps, disable=not progress, desc="M2N2", unit="step") as bar:
+            while (steps is None or done < steps) and (deadline is None or time.monotonic() < deadline):
+                result = self.step()
+                done += 1
+                bar.update()
+                if callback is not None:
+                    callback(result)
+        log.debug("ran %d generations; %d evaluations in total", done, self.n_evaluations_)
+        return self

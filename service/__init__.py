@@ -1,0 +1,1 @@
+"""The BentoML HTTP layer that serves the ecosystem's champion."""
