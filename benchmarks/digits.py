@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     data = digits.load_split()
     space = digits.mlp_space()
     specialists = digits.train_specialists(data, space) if pretrained else ()
-    for name, model in zip(("specialist 0-4", "specialist 5-9"), specialists):
+    for name, model in zip(("specialist 0-4", "specialist 5-9"), specialists, strict=False):
         acc = float(digits.FlatMLPScorer(data.x_test, data.y_test, space)(model).mean())
         log.info("%s: test accuracy %.1f%%", name, 100 * acc)
 

@@ -16,7 +16,7 @@ def demo(args: argparse.Namespace) -> int:
     space = digits.mlp_space()
     test = digits.FlatMLPScorer(data.x_test, data.y_test, space)
     specialists = digits.train_specialists(data, space)
-    for name, model in zip(("digits 0-4", "digits 5-9"), specialists):
+    for name, model in zip(("digits 0-4", "digits 5-9"), specialists, strict=True):
         print(f"specialist {name}: test accuracy {100 * float(test(model).mean()):.1f}%")
     evolver = M2N2(
         digits.FlatMLPScorer(data.x_train, data.y_train, space), EvolutionConfig(seed=args.seed), FlatGenomes(space.dim)

@@ -42,7 +42,7 @@ def sample_index(weights: torch.Tensor, occupied: torch.Tensor, generator: torch
     If every occupied weight is zero (no member solves anything yet), draw uniformly
     among occupied slots rather than divide by zero.
     """
-    w = [wi if oc else 0.0 for wi, oc in zip(weights.tolist(), occupied.tolist())]
+    w = [wi if oc else 0.0 for wi, oc in zip(weights.tolist(), occupied.tolist(), strict=True)]
     if not sum(w) > 0:
         w = [float(oc) for oc in occupied.tolist()]
     cumulative = list(itertools.accumulate(w))

@@ -82,7 +82,7 @@ class ParamSpace:
 
     def check_compatible(self, other: "ParamSpace", what: str = "model") -> None:
         """Raise ``IncompatibleModels`` naming the first tensor that differs."""
-        for mine, theirs in zip(self.specs, other.specs):
+        for mine, theirs in zip(self.specs, other.specs, strict=False):  # lengths are compared below
             if mine.name != theirs.name:
                 raise IncompatibleModels(
                     f"{what}: tensor #{self.specs.index(mine)} is {theirs.name!r}, expected {mine.name!r}"
