@@ -72,9 +72,24 @@ class Archive:
         if len(empty):
             return int(empty[0])
         weights = point_weights(self.totals + child_scores, torch.maximum(self.capacity, child_scores), self.alpha)
-        extended = torch.cat([self.scores @ weights, (child_scores @ weights)[None]])  # (size + 1,)
+        rows = torch.cat([self.scores, child_scores[None]])  # (size + 1, n_points)
+        # One row-wise reduction for every row, so rows with equal scores get bit-identical
+        # fitness and the tie rule holds; a matrix-vector product sums rows in different orders.
+        extended = (rows * weights).sum(dim=1)  # (size + 1,)
         worst = int(extended.argmin())
         return worst if worst < len(self.genomes) else None
+
+    def coverage(self) -> float:
+        """Mean over points of the best member's score: the share of points solved, for binary scores."""
+        return float(self.capacity.mean()) if self.capacity.numel() else 0.0
+
+    def entropy(self) -> float:
+        """Entropy (nats) of parent selection, f / sum f: high when many niches are alive."""
+        total = self.fitness.sum()
+        if not total > 0:
+            return 0.0
+        p = self.fitness[self.fitness > 0] / total
+        return float(-(p * p.log()).sum())
 
     def best_index(self) -> int:
         """The occupied slot with the highest mean score (train accuracy, for binary scores)."""

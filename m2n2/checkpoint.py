@@ -66,7 +66,19 @@ class SafetensorsSource:
         self._file = safe_open(str(self.path), framework="pt")
 
     def get(self, name: str) -> torch.Tensor:
+        if self._file is None:
+            raise InvalidCheckpoint(f"{self.path.name}: source is closed")
         return self._file.get_tensor(name)
+
+    def close(self) -> None:
+        """Release the file handle."""
+        self._file = None
+
+    def __enter__(self) -> "SafetensorsSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def read_header(path: str | os.PathLike, max_header_bytes: int = MAX_HEADER_BYTES) -> tuple[ParamSpace, dict[str, str]]:
@@ -95,6 +107,8 @@ def read_header(path: str | os.PathLike, max_header_bytes: int = MAX_HEADER_BYTE
     if not isinstance(header, dict):
         raise InvalidCheckpoint(f"{path.name}: header is not a JSON object; expected {ACCEPTED}")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise InvalidCheckpoint(f"{path.name}: __metadata__ is not a JSON object; expected {ACCEPTED}")
     entries = []
     for name, info in header.items():
         try:
@@ -102,23 +116,31 @@ def read_header(path: str | os.PathLike, max_header_bytes: int = MAX_HEADER_BYTE
             shape = [int(d) for d in info["shape"]]
             begin, end = (int(o) for o in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
-            raise InvalidCheckpoint(f"{path.name}: tensor {name!r} has an unsupported or malformed entry") from None
+            raise InvalidCheckpoint(
+                f"{path.name}: tensor {name!r} has an unsupported or malformed entry; expected {ACCEPTED}"
+            ) from None
         numel = 1
         for d in shape:
             if d < 0:
-                raise InvalidCheckpoint(f"{path.name}: tensor {name!r} has a negative dimension")
+                raise InvalidCheckpoint(f"{path.name}: tensor {name!r} has a negative dimension; expected {ACCEPTED}")
             numel *= d
         if end - begin != numel * dtype.itemsize:
-            raise InvalidCheckpoint(f"{path.name}: tensor {name!r} offsets do not match its shape and dtype")
+            raise InvalidCheckpoint(
+                f"{path.name}: tensor {name!r} offsets do not match its shape and dtype; expected {ACCEPTED}"
+            )
         entries.append((begin, end, name, shape, dtype))
     entries.sort()
     data_len, cursor = size - 8 - header_len, 0
     for begin, end, name, _, _ in entries:
         if begin != cursor:
-            raise InvalidCheckpoint(f"{path.name}: tensor {name!r} overlaps another or leaves a gap")
+            raise InvalidCheckpoint(
+                f"{path.name}: tensor {name!r} overlaps another or leaves a gap; expected {ACCEPTED}"
+            )
         cursor = end
     if cursor != data_len:
-        raise InvalidCheckpoint(f"{path.name}: data is {data_len} bytes but the header describes {cursor} (truncated?)")
+        raise InvalidCheckpoint(
+            f"{path.name}: data is {data_len} bytes but the header describes {cursor} (truncated?); expected {ACCEPTED}"
+        )
     space = ParamSpace([(name, shape, dtype) for _, _, name, shape, dtype in entries])
     return space, {str(k): str(v) for k, v in metadata.items()}
 
@@ -156,14 +178,26 @@ def write_safetensors(
                     raise InvalidCheckpoint(
                         f"expected tensor {spec.name!r} {list(spec.shape)}, got {name!r} {list(tensor.shape)}"
                     )
-                f.write(tensor.detach().to(spec.dtype).contiguous().view(torch.uint8).numpy().tobytes())
+                # reshape(-1) first: a 0-dim tensor cannot be viewed as bytes of another element size
+                f.write(tensor.detach().to(spec.dtype).reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; weights are meant to be shared read-only
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename inside ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def iter_tensors(source: TensorSource, space: ParamSpace) -> Iterator[tuple[str, torch.Tensor]]:

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
 
-from m2n2.space import ParamSpace
+from m2n2.errors import ShapeMismatch
+from m2n2.space import ParamSpace, TensorSpec
 
 INIT_STD = 0.01  # reference code: every parameter ~ N(0, 0.01^2)
 
@@ -56,33 +57,54 @@ def mlp_logits(flat: torch.Tensor, x: torch.Tensor, space: ParamSpace) -> torch.
     return F.linear(F.linear(x, p["fc1.weight"], p["fc1.bias"]).relu(), p["fc2.weight"], p["fc2.bias"])
 
 
+SCORING_RULES = ("accuracy", "likelihood")
+
+
 class FlatMLPScorer:
-    """Per-point correctness (1 = right label) of a flat MLP vector: the evolution fast path.
+    """Per-point scores of a flat MLP vector: the evolution fast path.
+
+    ``space`` is any stack of ``fcK.weight, fcK.bias`` pairs (ReLU between layers), as
+    ``mlp_space`` and the classifier family lay it out. ``rule`` is ``accuracy`` (1 = right
+    label, the default) or ``likelihood`` (softmax probability of the right label).
 
     The output layer is padded to a multiple of 16 columns (zero weights, -inf bias): on
     CPU, BLAS runs a (n, 256) x (256, 16) product about three times faster than
-    (n, 256) x (256, 10), and the argmax then reads one contiguous block.
+    (n, 256) x (256, 10), and the argmax then reads one contiguous block. The -inf columns
+    get probability exactly 0 under softmax, so likelihoods are unchanged.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, space: ParamSpace | None = None) -> None:
-        self.x, self.y = x.contiguous(), y
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, space: ParamSpace | None = None, rule: str = "accuracy"
+    ) -> None:
+        if rule not in SCORING_RULES:
+            raise ValueError(f"unknown scoring rule {rule!r}; available: {', '.join(SCORING_RULES)}")
+        self.x, self.y, self.rule = x.contiguous(), y, rule
         self.space = space or mlp_space(x.shape[1], n_classes=int(y.max()) + 1)
-        self._fc1_w, self._fc1_b, self._fc2_w, self._fc2_b = self.space.specs
-        n_hidden, n_classes = self._fc2_w.shape[1], self._fc2_w.shape[0]
+        specs = self.space.specs
+        if not specs or len(specs) % 2:
+            raise ShapeMismatch(f"an MLP space is (weight, bias) pairs; got {len(specs)} tensors")
+        self._layers = [(specs[i], specs[i + 1]) for i in range(0, len(specs), 2)]
+        n_classes, n_hidden = self._layers[-1][0].shape
         padded = -(-n_classes // 16) * 16
-        self._fc2_padded = torch.zeros(n_hidden, padded)  # (n_hidden, padded)
+        self._out_padded = torch.zeros(n_hidden, padded)  # (n_hidden, padded)
         self._bias_padded = torch.full((padded,), float("-inf"))  # (padded,)
 
     def __call__(self, flat: torch.Tensor) -> torch.Tensor:
-        w1, b1, w2, b2 = (
-            flat[s.offset : s.end].view(s.shape) for s in (self._fc1_w, self._fc1_b, self._fc2_w, self._fc2_b)
-        )
-        hidden = torch.addmm(b1, self.x, w1.t()).relu_()  # (n, n_hidden)
-        n_classes = w2.shape[0]
-        self._fc2_padded[:, :n_classes].copy_(w2.t())
-        self._bias_padded[:n_classes].copy_(b2)
-        logits = torch.addmm(self._bias_padded, hidden, self._fc2_padded)  # (n, padded)
+        hidden = self.x  # (n, n_inputs)
+        for w, b in self._layers[:-1]:
+            hidden = torch.addmm(self._view(flat, b), hidden, self._view(flat, w).t()).relu_()  # (n, n_hidden)
+        w_spec, b_spec = self._layers[-1]
+        n_classes = w_spec.shape[0]
+        self._out_padded[:, :n_classes].copy_(self._view(flat, w_spec).t())
+        self._bias_padded[:n_classes].copy_(self._view(flat, b_spec))
+        logits = torch.addmm(self._bias_padded, hidden, self._out_padded)  # (n, padded)
+        if self.rule == "likelihood":
+            return logits.softmax(dim=1).gather(1, self.y.unsqueeze(1)).squeeze(1)  # (n,)
         return (logits.max(dim=1).indices == self.y).float()  # (n,)
+
+    @staticmethod
+    def _view(flat: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
+        return flat[spec.offset : spec.end].view(spec.shape)
 
 
 def random_init(space: ParamSpace, generator: torch.Generator) -> torch.Tensor:

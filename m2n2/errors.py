@@ -21,6 +21,14 @@ class InvalidCheckpoint(M2N2Error):
     """A file is not a safetensors checkpoint this library can read safely."""
 
 
+class DuplicateMergeMethod(M2N2Error):
+    """A merge method name is registered twice."""
+
+
+class InvalidMergeParameter(M2N2Error):
+    """A merge method got an unknown parameter or a value outside its range."""
+
+
 class UnknownMergeMethod(M2N2Error):
     """A merge method name is not in the registry."""
 

@@ -87,6 +87,17 @@ class M2N2:
         elif n_points != self.archive_.scores.shape[1]:
             raise ShapeMismatch(f"evaluator returned {n_points} scores, archive has {self.archive_.scores.shape[1]}")
 
+    def resume(self, archive: Archive, generator_state: torch.Tensor | None = None) -> "M2N2":
+        """Continue from a stored archive (and random state), e.g. after a process restart."""
+        if len(archive.genomes) != self.config.archive_size:
+            raise ShapeMismatch(f"archive has {len(archive.genomes)} slots, config says {self.config.archive_size}")
+        self.archive_ = archive
+        self.generator_ = torch.Generator().manual_seed(self.config.seed)
+        if generator_state is not None:
+            self.generator_.set_state(generator_state)
+        self.n_evaluations_ = 0
+        return self
+
     @property
     def best_(self) -> Any:
         """The archive member with the highest mean score."""

@@ -81,20 +81,22 @@ class ParamSpace:
         return tuple((s.name, s.shape) for s in self.specs)
 
     def check_compatible(self, other: "ParamSpace", what: str = "model") -> None:
-        """Raise ``IncompatibleModels`` naming the first tensor that differs."""
-        for mine, theirs in zip(self.specs, other.specs, strict=False):  # lengths are compared below
-            if mine.name != theirs.name:
-                raise IncompatibleModels(
-                    f"{what}: tensor #{self.specs.index(mine)} is {theirs.name!r}, expected {mine.name!r}"
-                )
+        """Raise ``IncompatibleModels`` naming the first tensor (in this space's order) that differs.
+
+        Order is not compared: files written by other tools lay tensors out by dtype and
+        name, and this space's order is the canonical one.
+        """
+        for mine in self.specs:
+            if mine.name not in other:
+                raise IncompatibleModels(f"{what} is missing tensor {mine.name!r}")
+            theirs = other[mine.name]
             if mine.shape != theirs.shape:
                 raise IncompatibleModels(
                     f"{what}: tensor {mine.name!r} has shape {list(theirs.shape)}, expected {list(mine.shape)}"
                 )
-        if len(self) != len(other):
-            extra = self.specs[len(other)] if len(self) > len(other) else other.specs[len(self)]
-            verb = "is missing" if len(self) > len(other) else "has unexpected"
-            raise IncompatibleModels(f"{what} {verb} tensor {extra.name!r}")
+        for theirs in other.specs:
+            if theirs.name not in self:
+                raise IncompatibleModels(f"{what} has unexpected tensor {theirs.name!r}")
 
     def flatten(self, state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Concatenate a state dict into one vector of shape (dim,). Only for small models."""
