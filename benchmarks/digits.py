@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from m2n2 import M2N2, EvolutionConfig, FlatGenomes, digits
+from m2n2 import M2N2, EvolutionConfig, FlatGenomes, StateDictSource, available_methods, digits, get_method, merge
+from m2n2.checkpoint import load_state_dict
 
 log = logging.getLogger("benchmarks.digits")
 
@@ -79,6 +80,22 @@ def run_once(
     return Run(test_accuracy(), seconds, curve)
 
 
+def classic_merges(data: digits.DigitsSplit, specialists: tuple[torch.Tensor, ...]) -> dict[str, float]:
+    """Test accuracy of every registered merge method applied once to the two specialists.
+
+    Methods that need a base get the specialists' shared init; all use their defaults.
+    """
+    space = digits.mlp_space()
+    test_scorer = digits.FlatMLPScorer(data.x_test, data.y_test, space)
+    models = [StateDictSource(space.unflatten(s)) for s in specialists]
+    base = StateDictSource(space.unflatten(digits.shared_init(space)))
+    accuracies = {}
+    for name in available_methods():
+        merged = merge(models, name, base=base if get_method(name).needs_base else None)
+        accuracies[name] = float(test_scorer(space.flatten(load_state_dict(merged))).mean())
+    return accuracies
+
+
 def plot(panel: str, curves: dict[str, list[list[tuple[int, float]]]], path: Path) -> None:
     """Mean test accuracy against forward passes, with a +-1 std band, one line per method."""
     import matplotlib
@@ -124,6 +141,9 @@ def main(argv: list[str] | None = None) -> dict:
     for name, model in zip(("specialist 0-4", "specialist 5-9"), specialists, strict=False):
         acc = float(digits.FlatMLPScorer(data.x_test, data.y_test, space)(model).mean())
         log.info("%s: test accuracy %.1f%%", name, 100 * acc)
+    classic = classic_merges(data, specialists) if pretrained else {}
+    for name, acc in classic.items():
+        log.info("classic merge %-16s test accuracy %.1f%%", name, 100 * acc)
 
     summary, curves = {}, {}
     for method in methods:
@@ -155,6 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
     plot(args.panel, curves, png)
     log.info("wrote %s", png)
     result = {"panel": args.panel, "passes": passes, "seeds": args.seeds, "methods": summary}
+    if classic:
+        result["classic_merges"] = classic  # one-shot merges of the two specialists, for comparison
     print(json.dumps(result))
     return result
 

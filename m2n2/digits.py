@@ -125,9 +125,14 @@ def train(
     return params.detach()
 
 
+def shared_init(space: ParamSpace, seed: int = 42) -> torch.Tensor:
+    """The one random init both specialists start from (the base for task-vector merges)."""
+    return random_init(space, torch.Generator().manual_seed(seed))
+
+
 def train_specialists(data: DigitsSplit, space: ParamSpace, seed: int = 42) -> tuple[torch.Tensor, torch.Tensor]:
     """Two specialists from one shared init: one on digits 0-4, one on digits 5-9."""
-    init = random_init(space, torch.Generator().manual_seed(seed))
+    init = shared_init(space, seed)
     low = data.y_train < 5
     return (
         train(init, data.x_train[low], data.y_train[low], space),
