@@ -1,0 +1,222 @@
+"""The evolver: M2N2 generations on the stored archive, one tick at a time.
+
+Exactly one process evolves. Each tick it (re)loads the archive and the fitness window
+only if they changed since its last tick, runs a budget of M2N2 steps, writes every
+admitted child's weights as a durable artifact, and then commits lineage, the
+survivors' scores, the archive slots and the random state in one transaction. A crash
+mid-tick therefore loses only that tick: the store still points at complete files.
+"""
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from sqlalchemy.orm import Session
+
+from ecosystem import metrics, promotion, scoring, store
+from ecosystem.promotion import Outcome
+from ecosystem.runtime import Runtime
+from m2n2 import M2N2, Archive, EvolutionConfig, FlatGenomes, StepResult
+from m2n2.space import ParamSpace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Child:
+    """A child admitted during the current tick; ``model_id`` is set once it is recorded."""
+
+    flat: torch.Tensor
+    sha256: str
+    n_bytes: int
+    parent_a: "int | Child"
+    parent_b: "int | Child | None"
+    mixing_ratio: float
+    split_point: int
+    scores: torch.Tensor
+    model_id: int | None = None
+
+
+Member = int | Child  # a stored model id, or a child of this tick
+
+
+@dataclass
+class ArchiveState:
+    """The archive as the evolver holds it between ticks."""
+
+    points: scoring.PointSet
+    members: list[Member | None]  # per slot
+    archive: Archive
+    evaluate: scoring.FlatEvaluator
+    space: ParamSpace
+
+    def key(self) -> tuple[tuple[int, ...], tuple[int | None, ...]]:
+        return tuple(self.points.point_ids), tuple(
+            m if isinstance(m, int) or m is None else m.model_id for m in self.members
+        )
+
+
+@dataclass
+class TickReport:
+    """What one tick did."""
+
+    steps: int = 0
+    admitted: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+    promotion: Outcome | None = None
+    skipped: str = ""  # why nothing ran, if nothing did
+    admitted_models: list[int] = field(default_factory=list)
+
+
+class Evolver:
+    """Runs ticks for one runtime; keeps the archive in memory between ticks."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._state: ArchiveState | None = None
+
+    # -- loading -------------------------------------------------------------------------
+    def _load(self, session: Session) -> ArchiveState | None:
+        eco = store.get_ecosystem(session)
+        points = scoring.fitness_set(session)
+        slots = store.archive(session)
+        if len(points) == 0 or not slots:
+            return None
+        key = (tuple(points.point_ids), tuple(slots[s].id if s in slots else None for s in range(eco.archive_size)))
+        if self._state is not None and self._state.key() == key:
+            return self._state
+        family, config, space = self.runtime.family(session)
+        archive = Archive(eco.archive_size, len(points), eco.alpha)
+        members: list[Member | None] = [None] * eco.archive_size
+        for slot, model in slots.items():
+            flat = self.runtime.flat(model, space)
+            archive.put(slot, flat, scoring.model_scores(session, self.runtime, model, points, flat))
+            members[slot] = model.id
+        self._state = ArchiveState(points, members, archive, scoring.evaluator(family, config, space, points), space)
+        return self._state
+
+    # -- one tick ------------------------------------------------------------------------
+    def tick(self, steps: int | None = None, seconds: float | None = None) -> TickReport:
+        """Run one budget of M2N2 steps (default: the settings'), persist, then try a promotion."""
+        cfg = self.runtime.settings.evolution
+        if steps is None and seconds is None:
+            steps, seconds = cfg.steps_per_tick, cfg.seconds_per_tick
+        torch.set_num_threads(cfg.torch_threads)
+        report = TickReport()
+        start = time.perf_counter()
+        with self.runtime.sessions() as session:
+            state = self._load(session)
+            if state is None:
+                report.skipped = "no fitness points or an empty archive: register a model and post feedback"
+                return report
+            eco = store.get_ecosystem(session)
+            saved = store.load_evolution_state(session)
+            config = EvolutionConfig(archive_size=eco.archive_size, alpha=eco.alpha, seed=cfg.seed)
+            evolver = M2N2(self._timed(state.evaluate), config, FlatGenomes(state.space.dim))
+            generator_state = (
+                None if saved is None else torch.frombuffer(bytearray(saved.generator_state), dtype=torch.uint8)
+            )
+            evolver.resume(state.archive, generator_state)
+            children: list[Child] = []
+
+            def on_step(result: StepResult) -> None:
+                report.steps += 1
+                if result.slot is None:
+                    report.rejected += 1
+                    return
+                report.admitted += 1
+                child = self._persist_weights(result, state)
+                children.append(child)
+                state.members[result.slot] = child
+
+            evolver.run(steps=steps, seconds=seconds, callback=on_step)
+            self._record(session, children, state)
+            store.save_evolution_state(
+                session, (saved.steps if saved else 0) + report.steps, evolver.generator_.get_state().numpy().tobytes()
+            )
+            session.commit()
+            report.admitted_models = [c.model_id for c in children if c.model_id is not None]
+            self._export_archive_metrics(state)
+        metrics.EVOLUTION_STEPS.inc(report.steps)
+        metrics.CHILDREN.labels("admitted").inc(report.admitted)
+        metrics.CHILDREN.labels("rejected").inc(report.rejected)
+        report.promotion = promotion.after_tick(self.runtime, self._best_model_id(state))
+        report.seconds = time.perf_counter() - start
+        log.info(
+            "tick: %d steps, %d admitted, %d rejected in %.2f s",
+            report.steps,
+            report.admitted,
+            report.rejected,
+            report.seconds,
+        )
+        return report
+
+    def _timed(self, evaluate: scoring.FlatEvaluator) -> scoring.FlatEvaluator:
+        def timed(flat: torch.Tensor) -> torch.Tensor:
+            with metrics.EVALUATION_DURATION.time():
+                return evaluate(flat)
+
+        return timed
+
+    def _persist_weights(self, result: StepResult, state: ArchiveState) -> Child:
+        """Write an admitted child's weights as a durable artifact before anything points at it."""
+        artifact = self.runtime.artifacts.write_tensors(state.space, state.space.unflatten(result.child).items())
+        parent_b = None if result.parent_b is None else state.members[result.parent_b]
+        return Child(
+            result.child,
+            artifact.sha256,
+            artifact.n_bytes,
+            state.members[result.parent_a],
+            parent_b,
+            result.mixing_ratio,
+            result.split_point,
+            result.scores,
+        )
+
+    def _record(self, session: Session, children: list[Child], state: ArchiveState) -> None:
+        """Record this tick's children (lineage), then the survivors' slots and scores."""
+
+        def model_id(member: Member) -> int:
+            return member if isinstance(member, int) else member.model_id
+
+        for child in children:
+            existing = store.find_model_by_sha(session, child.sha256)
+            if existing is not None:  # the same weights were made before
+                child.model_id = existing.id
+                continue
+            model = store.add_model(
+                session,
+                name=f"child-{child.sha256[:16]}",
+                sha256=child.sha256,
+                n_bytes=child.n_bytes,
+                kind="child",
+                operator="split_slerp" if child.parent_b is not None else "mutation",
+                parent_a_id=model_id(child.parent_a),
+                parent_b_id=None if child.parent_b is None else model_id(child.parent_b),
+                split_point=child.split_point,
+                mixing_ratio=child.mixing_ratio,
+                source="m2n2 evolver",
+            )
+            child.model_id = model.id
+        stored = store.archive(session)
+        point_ids = state.points.point_ids
+        for slot, member in enumerate(state.members):
+            if isinstance(member, Child) and (slot not in stored or stored[slot].id != member.model_id):
+                store.set_slot(session, slot, member.model_id)
+                store.add_scores(session, member.model_id, dict(zip(point_ids, member.scores.tolist(), strict=True)))
+        state.members = [model_id(m) if m is not None else None for m in state.members]
+
+    def _best_model_id(self, state: ArchiveState) -> int:
+        member = state.members[state.archive.best_index()]
+        return member if isinstance(member, int) else member.model_id
+
+    def _export_archive_metrics(self, state: ArchiveState) -> None:
+        archive = state.archive
+        metrics.ARCHIVE_SIZE.set(len(archive))
+        metrics.COVERAGE.set(archive.coverage())
+        metrics.ENTROPY.set(archive.entropy())
+        best = archive.best_index()
+        for task, where in state.points.task_slices().items():
+            metrics.BEST_FITNESS.labels(task).set(float(archive.scores[best, where].mean()))

@@ -1,0 +1,52 @@
+"""Prometheus metrics of the ecosystem, all prefixed ``m2n2_``.
+
+Several processes export them (serving workers and the evolver). prometheus-client's
+multiprocess mode aggregates them when ``PROMETHEUS_MULTIPROC_DIR`` is set before this
+module is imported; each gauge states how its per-process values combine.
+"""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Merges of small models take microseconds and of 7B models minutes.
+DURATION_BUCKETS = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 300)
+
+EVOLUTION_STEPS = Counter("m2n2_evolution_steps_total", "M2N2 generations run by the evolver.")
+CHILDREN = Counter("m2n2_children_total", "Children evaluated, by whether they entered the archive.", ["outcome"])
+ARCHIVE_SIZE = Gauge("m2n2_archive_size", "Models in the archive.", multiprocess_mode="livemostrecent")
+COVERAGE = Gauge(
+    "m2n2_archive_coverage_ratio",
+    "Mean over fitness points of the best member's score (share solved, for binary scores).",
+    multiprocess_mode="livemostrecent",
+)
+ENTROPY = Gauge(
+    "m2n2_archive_entropy_nats",
+    "Entropy of the archive's parent-selection distribution (shared fitness, normalised).",
+    multiprocess_mode="livemostrecent",
+)
+BEST_FITNESS = Gauge(
+    "m2n2_best_fitness_score",
+    "Mean fitness-window score of the archive's best member, per task.",
+    ["task"],
+    multiprocess_mode="livemostrecent",
+)
+CHAMPION_GATE_SCORE = Gauge(
+    "m2n2_champion_gate_score", "Mean gate score of the champion, per task.", ["task"], multiprocess_mode="mostrecent"
+)
+PROMOTIONS = Counter("m2n2_promotions_total", "Champion promotions.")
+ROLLBACKS = Counter("m2n2_rollbacks_total", "Champion rollbacks.")
+MERGE_DURATION = Histogram("m2n2_merge_duration_seconds", "Time to build one child.", buckets=DURATION_BUCKETS)
+EVALUATION_DURATION = Histogram(
+    "m2n2_evaluation_duration_seconds", "Time to score one model on the fitness points.", buckets=DURATION_BUCKETS
+)
+FEEDBACK_POINTS = Counter(
+    "m2n2_feedback_points_total", "Feedback data points accepted, per task and pool.", ["task", "pool"]
+)
+REGISTERED_MODELS = Counter(
+    "m2n2_registered_models_total", "Specialists registered, by whether they entered the archive.", ["outcome"]
+)
+SERVED_VERSION = Gauge(
+    "m2n2_served_model_version", "Champion version served by each worker.", ["worker"], multiprocess_mode="liveall"
+)
+HOT_SWAP_DURATION = Histogram(
+    "m2n2_hot_swap_duration_seconds", "Time to load, smoke-test and swap in a new champion.", buckets=DURATION_BUCKETS
+)
