@@ -21,8 +21,22 @@ run: $(INSTALLED)
 	$(BIN)/m2n2 demo
 
 # pytest exits 5 when it collects no test; that is not a failure of the code.
+# Unless M2N2_TEST_POSTGRES_URL names a database, the store tests also run on a throwaway PostgreSQL
+# (scripts/postgres.sh), stopped afterwards; if it cannot start, those tests skip and the rest still run.
 test: $(INSTALLED)
-	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	@pgdir=; \
+	if [ -z "$${M2N2_TEST_POSTGRES_URL:-}" ]; then \
+		pgdir=$$(mktemp -d -t m2n2-postgres.XXXXXX); \
+		trap 'bash scripts/postgres.sh stop "$$pgdir" >/dev/null 2>&1; rm -rf "$$pgdir"' EXIT; \
+		trap 'exit 130' INT TERM; \
+		if out=$$(bash scripts/postgres.sh start "$$pgdir"); then \
+			export M2N2_TEST_POSTGRES_URL="$$(printf '%s\n' "$$out" | tail -n 1)"; \
+		else \
+			echo "PostgreSQL did not start: the PostgreSQL tests will skip" >&2; \
+		fi; \
+	fi; \
+	$(BIN)/python -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

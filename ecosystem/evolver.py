@@ -5,6 +5,8 @@ only if they changed since its last tick, runs a budget of M2N2 steps, writes ev
 admitted child's weights as a durable artifact, and then commits lineage, the
 survivors' scores, the archive slots and the random state in one transaction. A crash
 mid-tick therefore loses only that tick: the store still points at complete files.
+Children admitted and evicted within one tick keep a lineage row (with the hash of
+their weights) but no file: only archive members and champions need weights.
 """
 
 import logging
@@ -15,9 +17,11 @@ import torch
 from sqlalchemy.orm import Session
 
 from ecosystem import metrics, promotion, scoring, store
+from ecosystem.db import begin_write
 from ecosystem.promotion import Outcome
 from ecosystem.runtime import Runtime
 from m2n2 import M2N2, Archive, EvolutionConfig, FlatGenomes, StepResult
+from m2n2.checkpoint import safetensors_digest
 from m2n2.space import ParamSpace
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,7 @@ class Child:
     split_point: int
     scores: torch.Tensor
     model_id: int | None = None
+    recorded_now: bool = False  # its model row was created by this tick (so it has no scores yet)
 
 
 Member = int | Child  # a stored model id, or a child of this tick
@@ -106,39 +111,47 @@ class Evolver:
         torch.set_num_threads(cfg.torch_threads)
         report = TickReport()
         start = time.perf_counter()
-        with self.runtime.sessions() as session:
+        with self.runtime.sessions() as session:  # short write transaction: loading may store new scores
+            begin_write(session)
             state = self._load(session)
             if state is None:
                 report.skipped = "no fitness points or an empty archive: register a model and post feedback"
                 return report
             eco = store.get_ecosystem(session)
             saved = store.load_evolution_state(session)
-            config = EvolutionConfig(archive_size=eco.archive_size, alpha=eco.alpha, seed=cfg.seed)
-            evolver = M2N2(self._timed(state.evaluate), config, FlatGenomes(state.space.dim))
+            steps_before = saved.steps if saved else 0
             generator_state = (
                 None if saved is None else torch.frombuffer(bytearray(saved.generator_state), dtype=torch.uint8)
             )
-            evolver.resume(state.archive, generator_state)
-            children: list[Child] = []
+            session.commit()
+        loaded = state.key()[1]
+        config = EvolutionConfig(archive_size=eco.archive_size, alpha=eco.alpha, seed=cfg.seed)
+        evolver = M2N2(self._timed(state.evaluate), config, FlatGenomes(state.space.dim)).resume(
+            state.archive, generator_state
+        )
+        children: list[Child] = []
 
-            def on_step(result: StepResult) -> None:
-                report.steps += 1
-                if result.slot is None:
-                    report.rejected += 1
-                    return
-                report.admitted += 1
-                child = self._persist_weights(result, state)
-                children.append(child)
-                state.members[result.slot] = child
+        def on_step(result: StepResult) -> None:
+            report.steps += 1
+            if result.slot is None:
+                report.rejected += 1
+                return
+            report.admitted += 1
+            child = self._remember(result, state)
+            children.append(child)
+            state.members[result.slot] = child
 
-            evolver.run(steps=steps, seconds=seconds, callback=on_step)
-            self._record(session, children, state)
+        evolver.run(steps=steps, seconds=seconds, callback=on_step)  # no transaction open while evolving
+        with self.runtime.sessions() as session:
+            begin_write(session)
+            if not self._record(session, children, state, loaded):
+                self._state = None  # someone else changed the archive meanwhile: reload next tick
             store.save_evolution_state(
-                session, (saved.steps if saved else 0) + report.steps, evolver.generator_.get_state().numpy().tobytes()
+                session, steps_before + report.steps, evolver.generator_.get_state().numpy().tobytes()
             )
             session.commit()
-            report.admitted_models = [c.model_id for c in children if c.model_id is not None]
-            self._export_archive_metrics(state)
+        report.admitted_models = [c.model_id for c in children if c.model_id is not None]
+        self._export_archive_metrics(state)
         metrics.EVOLUTION_STEPS.inc(report.steps)
         metrics.CHILDREN.labels("admitted").inc(report.admitted)
         metrics.CHILDREN.labels("rejected").inc(report.rejected)
@@ -160,14 +173,14 @@ class Evolver:
 
         return timed
 
-    def _persist_weights(self, result: StepResult, state: ArchiveState) -> Child:
-        """Write an admitted child's weights as a durable artifact before anything points at it."""
-        artifact = self.runtime.artifacts.write_tensors(state.space, state.space.unflatten(result.child).items())
+    def _remember(self, result: StepResult, state: ArchiveState) -> Child:
+        """Keep an admitted child in memory with its content hash; its file is written only if it survives the tick."""
+        sha256, n_bytes = safetensors_digest(state.space, state.space.unflatten(result.child).items())
         parent_b = None if result.parent_b is None else state.members[result.parent_b]
         return Child(
             result.child,
-            artifact.sha256,
-            artifact.n_bytes,
+            sha256,
+            n_bytes,
             state.members[result.parent_a],
             parent_b,
             result.mixing_ratio,
@@ -175,16 +188,22 @@ class Evolver:
             result.scores,
         )
 
-    def _record(self, session: Session, children: list[Child], state: ArchiveState) -> None:
-        """Record this tick's children (lineage), then the survivors' slots and scores."""
+    def _record(
+        self, session: Session, children: list[Child], state: ArchiveState, loaded: tuple[int | None, ...]
+    ) -> bool:
+        """Record this tick's children (lineage), then the survivors' slots and scores.
+
+        Returns False when the stored archive changed since ``loaded`` (a registration
+        meanwhile): its slots win, and the in-memory archive must be reloaded.
+        """
 
         def model_id(member: Member) -> int:
             return member if isinstance(member, int) else member.model_id
 
+        known = store.models_by_sha(session, (c.sha256 for c in children))
         for child in children:
-            existing = store.find_model_by_sha(session, child.sha256)
-            if existing is not None:  # the same weights were made before
-                child.model_id = existing.id
+            if child.sha256 in known:  # the same weights were made before
+                child.model_id = known[child.sha256].id
                 continue
             model = store.add_model(
                 session,
@@ -199,14 +218,30 @@ class Evolver:
                 mixing_ratio=child.mixing_ratio,
                 source="m2n2 evolver",
             )
-            child.model_id = model.id
-        stored = store.archive(session)
+            child.model_id, child.recorded_now = model.id, True
+            known[child.sha256] = model
+        stored = {slot: model.id for slot, model in store.archive(session).items()}
         point_ids = state.points.point_ids
+        consistent = True
         for slot, member in enumerate(state.members):
-            if isinstance(member, Child) and (slot not in stored or stored[slot].id != member.model_id):
-                store.set_slot(session, slot, member.model_id)
-                store.add_scores(session, member.model_id, dict(zip(point_ids, member.scores.tolist(), strict=True)))
+            if not isinstance(member, Child) or stored.get(slot) == member.model_id:
+                continue
+            if stored.get(slot) != loaded[slot] or member.model_id in stored.values():
+                consistent = False  # a registration took this slot, or these weights already hold another
+                continue
+            # the file must be durable before any archive row points at it
+            artifact = self.runtime.artifacts.write_tensors(state.space, state.space.unflatten(member.flat).items())
+            assert artifact.sha256 == member.sha256, "safetensors_digest and the artifact writer disagree"
+            store.set_slot(session, slot, member.model_id)
+            stored[slot] = member.model_id
+            store.add_scores(
+                session,
+                member.model_id,
+                dict(zip(point_ids, member.scores.tolist(), strict=True)),
+                new_model=member.recorded_now,
+            )
         state.members = [model_id(m) if m is not None else None for m in state.members]
+        return consistent
 
     def _best_model_id(self, state: ArchiveState) -> int:
         member = state.members[state.archive.best_index()]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from ecosystem import metrics, scoring, store
+from ecosystem.db import begin_write
 from ecosystem.registration import check_checkpoint
 from ecosystem.runtime import Runtime
 from m2n2 import Archive
@@ -42,6 +43,7 @@ def register(
 ) -> Registration:
     """Register the safetensors file at ``path`` as a specialist of this ecosystem."""
     with runtime.sessions() as session:
+        begin_write(session)
         _, _, space = runtime.family(session)
         checked = check_checkpoint(path, space, runtime.settings.registration.max_bytes)
         existing = store.find_model_by_sha(session, checked.sha256)

@@ -5,6 +5,7 @@ Writes go to a temporary name, are fsynced, then renamed, so a reader never sees
 half-written file.
 """
 
+import hashlib
 import json
 import os
 import struct
@@ -145,18 +146,10 @@ def read_header(path: str | os.PathLike, max_header_bytes: int = MAX_HEADER_BYTE
     return space, {str(k): str(v) for k, v in metadata.items()}
 
 
-def write_safetensors(
-    path: str | os.PathLike,
-    space: ParamSpace,
-    tensors: Iterable[tuple[str, torch.Tensor]],
-    metadata: Mapping[str, str] | None = None,
-) -> Path:
-    """Stream tensors into a safetensors file in ``space`` order, atomically.
-
-    Only one tensor is held at a time, so a child of two large parents is written
-    without ever holding the whole child in memory.
-    """
-    path = Path(path)
+def safetensors_chunks(
+    space: ParamSpace, tensors: Iterable[tuple[str, torch.Tensor]], metadata: Mapping[str, str] | None = None
+) -> Iterator[bytes]:
+    """The bytes of a safetensors file, header first, then one tensor at a time in ``space`` order."""
     header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
     offset = 0
     for spec in space:
@@ -169,17 +162,44 @@ def write_safetensors(
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the format aligns the data buffer to 8 bytes
+    yield struct.pack("<Q", len(raw)) + raw
+    for spec, (name, tensor) in zip(space, tensors, strict=True):
+        if name != spec.name or tuple(tensor.shape) != spec.shape:
+            raise InvalidCheckpoint(
+                f"expected tensor {spec.name!r} {list(spec.shape)}, got {name!r} {list(tensor.shape)}"
+            )
+        # reshape(-1) first: a 0-dim tensor cannot be viewed as bytes of another element size
+        yield tensor.detach().to(spec.dtype).reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
+
+
+def safetensors_digest(
+    space: ParamSpace, tensors: Iterable[tuple[str, torch.Tensor]], metadata: Mapping[str, str] | None = None
+) -> tuple[str, int]:
+    """The sha256 and size that ``write_safetensors`` would produce, without writing anything."""
+    digest, n_bytes = hashlib.sha256(), 0
+    for chunk in safetensors_chunks(space, tensors, metadata):
+        digest.update(chunk)
+        n_bytes += len(chunk)
+    return digest.hexdigest(), n_bytes
+
+
+def write_safetensors(
+    path: str | os.PathLike,
+    space: ParamSpace,
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Stream tensors into a safetensors file in ``space`` order, atomically.
+
+    Only one tensor is held at a time, so a child of two large parents is written
+    without ever holding the whole child in memory.
+    """
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)) + raw)
-            for spec, (name, tensor) in zip(space, tensors, strict=True):
-                if name != spec.name or tuple(tensor.shape) != spec.shape:
-                    raise InvalidCheckpoint(
-                        f"expected tensor {spec.name!r} {list(spec.shape)}, got {name!r} {list(tensor.shape)}"
-                    )
-                # reshape(-1) first: a 0-dim tensor cannot be viewed as bytes of another element size
-                f.write(tensor.detach().to(spec.dtype).reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+            for chunk in safetensors_chunks(space, tensors, metadata):
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; weights are meant to be shared read-only

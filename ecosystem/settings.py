@@ -1,0 +1,99 @@
+"""Runtime settings: the only place that reads environment variables (prefix ``M2N2_``, groups split by ``__``)."""
+
+from pathlib import Path
+from typing import Self
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+
+class StoreSettings(BaseModel):
+    """Where the store lives: ``url`` names a database, else SQLite in the data directory."""
+
+    model_config = ConfigDict(frozen=True)
+
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _parseable(cls, url: str | None) -> str | None:
+        if url is None or not url.strip():
+            return None
+        try:
+            make_url(url)
+        except ArgumentError:
+            # The URL may hold a password: name the expected form, not the value.
+            raise ValueError("store url is not a database URL, e.g. postgresql+psycopg://user:pw@host/db") from None
+        return url
+
+
+class EvolutionSettings(BaseModel):
+    """The evolver's schedule and the M2N2 run it drives."""
+
+    model_config = ConfigDict(frozen=True)
+
+    interval_seconds: float = Field(10, gt=0)  # pause between ticks; a slow tick delays the next (coalesced)
+    steps_per_tick: int | None = Field(200, ge=1)  # M2N2 generations per tick; None: bounded by seconds only
+    seconds_per_tick: float | None = Field(None, gt=0)  # wall-clock budget per tick; None: bounded by steps only
+    torch_threads: int = Field(1, ge=1)  # 1 leaves the other cores to the serving workers
+    archive_size: int = Field(20, ge=1)  # the paper's archive for digits; it uses 15 for LLMs
+    alpha: float = Field(1.0, ge=0)  # resource-competition exponent; 0 is the plain GA
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Self:
+        if self.steps_per_tick is None and self.seconds_per_tick is None:
+            raise ValueError("set steps_per_tick or seconds_per_tick (or both): a tick needs a budget")
+        return self
+
+
+class PromotionSettings(BaseModel):
+    """When a challenger replaces the champion."""
+
+    model_config = ConfigDict(frozen=True)
+
+    margin: float = Field(0.0, ge=0, le=1)  # required lead in mean gate score (scores lie in [0, 1])
+    significance: float = Field(0.05, gt=0, lt=1)  # the paired test's p-value must be below this
+    min_gate_points: int = Field(30, ge=1)  # fewer gate points than this: no promotion (the test has no power)
+
+
+class RegistrationSettings(BaseModel):
+    """Limits on models registered by users."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_bytes: int = Field(2 * 1024**3, ge=1)  # 2 GiB: a 1B-parameter model in 16-bit floats
+
+
+class Settings(BaseSettings):
+    """Every setting of one ecosystem, read from ``M2N2_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="M2N2_", env_nested_delimiter="__", frozen=True, extra="ignore")
+
+    data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("m2n2")))
+    admin_token: SecretStr | None = None  # bearer token for mutating HTTP calls (register, promote, ...)
+    store: StoreSettings = StoreSettings()
+    evolution: EvolutionSettings = EvolutionSettings()
+    promotion: PromotionSettings = PromotionSettings()
+    registration: RegistrationSettings = RegistrationSettings()
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, path: Path) -> Path:
+        # Absolute, so the server and the evolver agree on one directory whatever their working directory.
+        return path.expanduser().absolute()
+
+    @field_validator("admin_token")
+    @classmethod
+    def _nonempty(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and not token.get_secret_value().strip():
+            raise ValueError("admin_token is empty; unset M2N2_ADMIN_TOKEN or give it a value")
+        return token
+
+    @property
+    def database_url(self) -> str:
+        """The store URL in effect: ``store.url``, else ``sqlite:///<data_dir>/ecosystem.db``."""
+        return self.store.url or f"sqlite:///{self.data_dir / 'ecosystem.db'}"
