@@ -14,7 +14,9 @@ import json
 import logging
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -125,7 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, default=10, help="runs with seeds 42, 43, ...")
     parser.add_argument("--passes", type=int, help="forward passes per run; default: the panel's budget")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="directory for the PNG")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (with --jobs 1)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel worker processes (1 thread each)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
@@ -145,22 +148,27 @@ def main(argv: list[str] | None = None) -> dict:
     for name, acc in classic.items():
         log.info("classic merge %-16s test accuracy %.1f%%", name, 100 * acc)
 
+    jobs = [(method, seed) for method in methods for seed in range(FIRST_SEED, FIRST_SEED + args.seeds)]
+    work = partial(run_once, passes=passes, pretrained=pretrained, data=data, specialists=specialists)
+    if args.jobs > 1:  # independent seeds in worker processes, one torch thread each
+        with ProcessPoolExecutor(args.jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            runs = list(pool.map(work, *zip(*jobs, strict=True)))
+    else:
+        runs = [work(method, seed) for method, seed in jobs]
     summary, curves = {}, {}
     for method in methods:
-        runs = []
-        for seed in range(FIRST_SEED, FIRST_SEED + args.seeds):
-            run = run_once(method, seed, passes, pretrained, data, specialists)
+        mine = [run for (m, seed), run in zip(jobs, runs, strict=True) if m == method]
+        for seed, run in enumerate(mine, FIRST_SEED):
             log.info("%-20s seed %d: test accuracy %.2f%% in %.1f s", method, seed, 100 * run.accuracy, run.seconds)
-            runs.append(run)
-        accs = [r.accuracy for r in runs]
-        seconds = statistics.mean(r.seconds for r in runs)
+        accs = [r.accuracy for r in mine]
+        seconds = statistics.mean(r.seconds for r in mine)
         summary[method] = {
             "acc_mean": statistics.mean(accs),
             "acc_std": statistics.pstdev(accs),
             "seconds_per_run": seconds,
             "evals_per_second": passes / seconds,
         }
-        curves[method] = [r.curve for r in runs]
+        curves[method] = [r.curve for r in mine]
         s = summary[method]
         log.info(
             "%-20s %.2f%% +- %.2f  %.1f s/run  %.0f evals/s",
