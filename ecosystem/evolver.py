@@ -85,13 +85,14 @@ class Evolver:
     # -- loading -------------------------------------------------------------------------
     def _load(self, session: Session) -> ArchiveState | None:
         eco = store.get_ecosystem(session)
-        points = scoring.fitness_set(session)
+        point_ids = tuple(i for task in store.list_tasks(session) for i in store.fitness_window_ids(session, task))
         slots = store.archive(session)
-        if len(points) == 0 or not slots:
+        if not point_ids or not slots:
             return None
-        key = (tuple(points.point_ids), tuple(slots[s].id if s in slots else None for s in range(eco.archive_size)))
+        key = (point_ids, tuple(slots[s].id if s in slots else None for s in range(eco.archive_size)))
         if self._state is not None and self._state.key() == key:
             return self._state
+        points = scoring.fitness_set(session)
         family, config, space = self.runtime.family(session)
         archive = Archive(eco.archive_size, len(points), eco.alpha)
         members: list[Member | None] = [None] * eco.archive_size

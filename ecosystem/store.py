@@ -281,6 +281,17 @@ def fitness_window(session: Session, task: Task) -> list[DataPoint]:
     return _newest(session, task, "fitness", task.window)
 
 
+def fitness_window_ids(session: Session, task: Task) -> list[int]:
+    """The ids of ``fitness_window``'s points, oldest first: a cheap check of whether the window moved."""
+    query = (
+        select(DataPoint.id)
+        .where(DataPoint.task_id == task.id, DataPoint.pool == "fitness")
+        .order_by(DataPoint.id.desc())
+        .limit(task.window)
+    )
+    return list(session.scalars(query))[::-1]
+
+
 def gate_points(session: Session, task: Task, limit: int | None = None) -> list[DataPoint]:
     """The gate set (optionally only its newest ``limit`` points), oldest first: what promotion is decided on."""
     return _newest(session, task, "gate", limit)
