@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ecosystem.errors import InvalidInput
-from m2n2.checkpoint import read_header, write_safetensors
+from m2n2.checkpoint import fsync_dir, read_header, write_safetensors
 from m2n2.space import ParamSpace
 
 CHUNK_BYTES = 1024 * 1024
@@ -107,7 +107,7 @@ class ArtifactStore:
         if not path.is_file():
             return False
         path.unlink()
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return True
 
     def clean_tmp(self, older_than_seconds: float = 3600) -> int:
@@ -132,10 +132,10 @@ class ArtifactStore:
             return Artifact(sha256, dest, dest.stat().st_size, created=False)
         if not dest.parent.is_dir():
             dest.parent.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(dest.parent.parent)
+            fsync_dir(dest.parent.parent)
         os.chmod(tmp, 0o444)  # read-only: a file named by its hash never changes
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)  # the rename itself must survive a crash
+        fsync_dir(dest.parent)  # the rename itself must survive a crash
         return Artifact(sha256, dest, n_bytes, created=True)
 
 
@@ -146,11 +146,3 @@ def _hash_file(path: Path) -> tuple[str, int]:
             digest.update(chunk)
             n_bytes += len(chunk)
     return digest.hexdigest(), n_bytes
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
