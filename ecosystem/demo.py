@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ecosystem import metrics, store
+from ecosystem.db import begin_write
 from ecosystem.runtime import Runtime
 from ecosystem.specialists import Registration, register
 from m2n2 import digits
@@ -78,6 +79,7 @@ def simulate_feedback(runtime: Runtime, rate: float = 2.0, seconds: float | None
         i = int(torch.randint(len(images), (), generator=generator))
         noisy = (images[i] + torch.randn(images.shape[1], generator=generator)).round().clamp(0, 16)
         with runtime.sessions() as session:
+            begin_write(session)  # reads, then writes: on SQLite it must hold the write lock from the start
             task = store.get_task(session, TASK)
             added, _ = store.add_points(session, task, [{"inputs": noisy.tolist(), "target": int(labels[i])}])
             session.commit()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from ecosystem import gate, metrics, scoring, store
+from ecosystem.db import begin_write
 from ecosystem.errors import Conflict
 from ecosystem.orm import ChampionEvent, Model
 from ecosystem.runtime import Runtime
@@ -31,6 +32,7 @@ def after_tick(runtime: Runtime, candidate_id: int, actor: str = "evolver") -> O
     """Offer the archive's best member to the gate; None when it already is the champion."""
     settings = runtime.settings.promotion
     with runtime.sessions() as session:
+        begin_write(session)  # reads, then moves the pointer: hold the SQLite write lock throughout
         candidate = store.get_model(session, candidate_id)
         current = store.champion(session)
         if current is None:
@@ -62,7 +64,10 @@ def after_tick(runtime: Runtime, candidate_id: int, actor: str = "evolver") -> O
 def promote(runtime: Runtime, model_ref: str | int, actor: str, reason: str = "promoted by hand") -> ChampionEvent:
     """Make a model the champion now, bypassing the gate (recorded as such)."""
     with runtime.sessions() as session:
+        begin_write(session)  # reads, then moves the pointer: hold the SQLite write lock throughout
         model = store.model_by_name_or_id(session, model_ref)
+        if not runtime.artifacts.exists(model.sha256):
+            raise Conflict(f"model {model.name!r} left the archive in the tick that made it; its weights were not kept")
         current = store.champion(session)
         if current is None:
             event = store.set_champion(session, model.id, "initial", actor, reason=reason)
@@ -83,6 +88,7 @@ def promote(runtime: Runtime, model_ref: str | int, actor: str, reason: str = "p
 def rollback(runtime: Runtime, actor: str, reason: str = "rolled back by hand") -> ChampionEvent:
     """Return the champion pointer to the model the newest promotion replaced."""
     with runtime.sessions() as session:
+        begin_write(session)  # reads, then moves the pointer: hold the SQLite write lock throughout
         target = store.previous_champion(session)
         if target is None:
             raise Conflict("nothing to roll back: no promotion has replaced an earlier champion")

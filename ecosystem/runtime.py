@@ -39,6 +39,10 @@ class Runtime:
         with SafetensorsSource(self.artifacts.path_for(model.sha256)) as source:
             return load_state_dict(source)
 
+    def close(self) -> None:
+        """Close the database connections this runtime pooled."""
+        self.sessions.kw["bind"].dispose()
+
     def flat(self, model: Model, space: ParamSpace) -> torch.Tensor:
         """A stored model's weights as one flat float32 vector (small models only)."""
         return space.flatten(self.state_dict(model))

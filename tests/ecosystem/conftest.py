@@ -6,17 +6,21 @@ loses nothing. ``make test`` starts a throwaway cluster with scripts/postgres.sh
 
 import hashlib
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from ecosystem import store
+from ecosystem import demo, store
 from ecosystem.db import make_engine, upgrade
 from ecosystem.orm import Model
+from ecosystem.runtime import Runtime, open_runtime
+from ecosystem.settings import Settings
 
 POSTGRES_ENV = "M2N2_TEST_POSTGRES_URL"
 
@@ -133,3 +137,46 @@ def child(session: Session) -> Callable[..., Model]:
         )
 
     return make
+
+
+# --- demo ecosystems: the CLI, end-to-end and crash-safety tests ---------------------------------------------
+
+
+def clear_settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset every ``M2N2_*`` setting of the developer's shell, so tests see the documented defaults."""
+    for key in list(os.environ):
+        if key.startswith("M2N2_") and key != POSTGRES_ENV:
+            monkeypatch.delenv(key)
+
+
+def close(runtime: Runtime) -> None:
+    """Close a runtime's database connections."""
+    runtime.close()
+
+
+@pytest.fixture(scope="session")
+def demo_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits demo (two specialists, train/test feedback) built once per session; tests use copies."""
+    path = tmp_path_factory.mktemp("demo-template")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        clear_settings_env(monkeypatch)
+        runtime = open_runtime(Settings(data_dir=path))
+        demo.init_digits(runtime)
+        close(runtime)  # the last connection checkpoints the WAL: the directory is then safe to copy
+    return path
+
+
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No ``M2N2_*`` variables but one torch thread for the evolver; set more with the returned monkeypatch."""
+    clear_settings_env(monkeypatch)
+    monkeypatch.setenv("M2N2_EVOLUTION__TORCH_THREADS", "1")
+    return monkeypatch
+
+
+@pytest.fixture
+def demo_dir(demo_template: Path, tmp_path: Path, settings_env: pytest.MonkeyPatch) -> Path:
+    """A private copy of the demo data directory."""
+    path = tmp_path / "data"
+    shutil.copytree(demo_template, path)
+    return path
