@@ -159,7 +159,10 @@ def evolve(runtime: Runtime, args: argparse.Namespace) -> int:
 
 
 def evolver(runtime: Runtime, args: argparse.Namespace) -> int:
-    """Run the evolution schedule in the foreground until SIGTERM or SIGINT."""
+    """Run the evolution schedule in the foreground until SIGTERM or SIGINT (first start: build the digits demo)."""
+    if args.first_start:
+        print(f"first start: building the digits demo ecosystem in {runtime.settings.data_dir}", file=sys.stderr)
+        digits_demo.init_digits(runtime)
     if removed := runtime.artifacts.clean_tmp():
         logging.getLogger(__name__).info("removed %d temporary files left by an earlier crash", removed)
     schedule.run_forever(Evolver(runtime), runtime.settings)
@@ -246,7 +249,11 @@ def _one_line(error: BaseException) -> str:
 def _open(args: argparse.Namespace) -> Runtime:
     """The runtime of ``--data-dir`` (else M2N2_DATA_DIR, else the per-user directory); only init creates one."""
     settings = Settings(data_dir=args.data_dir) if args.data_dir is not None else Settings()
-    creating = args.handler is init and args.demo is not None
+    # `m2n2 evolver`, the main job, builds the embedded digits demo on its first start in an empty place
+    args.first_start = (
+        args.handler is evolver and settings.store.url is None and not (settings.data_dir / "ecosystem.db").is_file()
+    )
+    creating = (args.handler is init and args.demo is not None) or args.first_start
     runtime, family = None, None
     if creating or settings.store.url is not None or (settings.data_dir / "ecosystem.db").is_file():
         runtime = open_runtime(settings)

@@ -5,7 +5,18 @@ multiprocess mode aggregates them when ``PROMETHEUS_MULTIPROC_DIR`` is set befor
 module is imported; each gauge states how its per-process values combine.
 """
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 # Merges of small models take microseconds and of 7B models minutes.
 DURATION_BUCKETS = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 300)
@@ -50,3 +61,17 @@ SERVED_VERSION = Gauge(
 HOT_SWAP_DURATION = Histogram(
     "m2n2_hot_swap_duration_seconds", "Time to load, smoke-test and swap in a new champion.", buckets=DURATION_BUCKETS
 )
+
+
+def exposition() -> tuple[bytes, str]:
+    """The Prometheus text exposition and its content type, aggregated over every process of the ecosystem.
+
+    With ``PROMETHEUS_MULTIPROC_DIR`` set (several workers plus the evolver), it merges the
+    per-process files; otherwise it reports this process's registry.
+    """
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return generate_latest(registry), CONTENT_TYPE_LATEST
