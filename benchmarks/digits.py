@@ -51,9 +51,10 @@ def run_once(
     pretrained: bool,
     data: digits.DigitsSplit,
     specialists: tuple[torch.Tensor, ...],
+    layout: str = "reference",
 ) -> Run:
     """One seeded run of one method; returns the final test accuracy and its curve."""
-    space = digits.mlp_space()
+    space = digits.mlp_space(layout=layout)
     train_scorer = digits.FlatMLPScorer(data.x_train, data.y_train, space)
     test_scorer = digits.FlatMLPScorer(data.x_test, data.y_test, space)
     config = EvolutionConfig.variant(method, seed=seed, mutation_std=0.0 if pretrained else MUTATION_STD)
@@ -82,12 +83,14 @@ def run_once(
     return Run(test_accuracy(), seconds, curve)
 
 
-def classic_merges(data: digits.DigitsSplit, specialists: tuple[torch.Tensor, ...]) -> dict[str, float]:
+def classic_merges(
+    data: digits.DigitsSplit, specialists: tuple[torch.Tensor, ...], layout: str = "reference"
+) -> dict[str, float]:
     """Test accuracy of every registered merge method applied once to the two specialists.
 
     Methods that need a base get the specialists' shared init; all use their defaults.
     """
-    space = digits.mlp_space()
+    space = digits.mlp_space(layout=layout)
     test_scorer = digits.FlatMLPScorer(data.x_test, data.y_test, space)
     models = [StateDictSource(space.unflatten(s)) for s in specialists]
     base = StateDictSource(space.unflatten(digits.shared_init(space)))
@@ -128,6 +131,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--passes", type=int, help="forward passes per run; default: the panel's budget")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="directory for the PNG")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (with --jobs 1)")
+    parser.add_argument(
+        "--layout", choices=digits.LAYOUTS, default="reference", help="flat parameter order (see m2n2.digits.LAYOUTS)"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel worker processes (1 thread each)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -139,17 +145,19 @@ def main(argv: list[str] | None = None) -> dict:
     for method in methods:
         EvolutionConfig.variant(method)  # fail fast on a misspelt name
     data = digits.load_split()
-    space = digits.mlp_space()
+    space = digits.mlp_space(layout=args.layout)
     specialists = digits.train_specialists(data, space) if pretrained else ()
     for name, model in zip(("specialist 0-4", "specialist 5-9"), specialists, strict=False):
         acc = float(digits.FlatMLPScorer(data.x_test, data.y_test, space)(model).mean())
         log.info("%s: test accuracy %.1f%%", name, 100 * acc)
-    classic = classic_merges(data, specialists) if pretrained else {}
+    classic = classic_merges(data, specialists, args.layout) if pretrained else {}
     for name, acc in classic.items():
         log.info("classic merge %-16s test accuracy %.1f%%", name, 100 * acc)
 
     jobs = [(method, seed) for method in methods for seed in range(FIRST_SEED, FIRST_SEED + args.seeds)]
-    work = partial(run_once, passes=passes, pretrained=pretrained, data=data, specialists=specialists)
+    work = partial(
+        run_once, passes=passes, pretrained=pretrained, data=data, specialists=specialists, layout=args.layout
+    )
     if args.jobs > 1:  # independent seeds in worker processes, one torch thread each
         with ProcessPoolExecutor(args.jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
             runs = list(pool.map(work, *zip(*jobs, strict=True)))
@@ -182,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
     png = args.out / f"digits_{args.panel}.png"
     plot(args.panel, curves, png)
     log.info("wrote %s", png)
-    result = {"panel": args.panel, "passes": passes, "seeds": args.seeds, "methods": summary}
+    result = {"panel": args.panel, "passes": passes, "seeds": args.seeds, "layout": args.layout, "methods": summary}
     if classic:
         result["classic_merges"] = classic  # one-shot merges of the two specialists, for comparison
     print(json.dumps(result))

@@ -4,6 +4,7 @@ The split follows the reference code: the first 80% of the 1,797 images (1,437)
 train, the last 20% (360) test. Pixels stay raw (0..16), as there.
 """
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -46,15 +47,44 @@ class MLP(nn.Module):
         return self.fc2(F.relu(self.fc1(x)))
 
 
-def mlp_space(n_inputs: int = 64, n_hidden: int = 256, n_classes: int = 10) -> ParamSpace:
-    """The flat layout of ``MLP``: fc1.weight, fc1.bias, fc2.weight, fc2.bias (19,210 for digits)."""
-    return ParamSpace.from_state_dict(MLP(n_inputs, n_hidden, n_classes).state_dict())
+# "torch": nn.Linear's state-dict order, fcK.weight of shape (out, in): a split point inside a
+# weight separates hidden units. "reference": the paper's code, wK of shape (in, out), input-major:
+# a split point separates input features. The ecosystem's classifier family uses "torch".
+LAYOUTS = ("torch", "reference")
+
+
+def mlp_space(n_inputs: int = 64, n_hidden: int = 256, n_classes: int = 10, layout: str = "torch") -> ParamSpace:
+    """The flat layout of the MLP (19,210 parameters for digits) in one of ``LAYOUTS``."""
+    if layout == "torch":
+        return ParamSpace.from_state_dict(MLP(n_inputs, n_hidden, n_classes).state_dict())
+    if layout == "reference":
+        sizes = (n_inputs, n_hidden, n_classes)
+        tensors = []
+        for k, (n_in, n_out) in enumerate(itertools.pairwise(sizes), start=1):
+            tensors += [(f"w{k}", (n_in, n_out), torch.float32), (f"b{k}", (n_out,), torch.float32)]
+        return ParamSpace(tensors)
+    raise ValueError(f"unknown layout {layout!r}; available: {', '.join(LAYOUTS)}")
+
+
+def _view(flat: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
+    return flat[spec.offset : spec.end].view(spec.shape)
+
+
+def _weight(flat: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
+    """A layer's weight as (out, in), whichever layout stores it (a view, no copy)."""
+    w = _view(flat, spec)
+    return w if spec.name.endswith(".weight") else w.t()
 
 
 def mlp_logits(flat: torch.Tensor, x: torch.Tensor, space: ParamSpace) -> torch.Tensor:
     """Differentiable forward pass of a flat MLP vector, shape (n, n_classes)."""
-    p = space.unflatten(flat)
-    return F.linear(F.linear(x, p["fc1.weight"], p["fc1.bias"]).relu(), p["fc2.weight"], p["fc2.bias"])
+    specs = space.specs
+    hidden = x
+    for i in range(0, len(specs), 2):
+        hidden = F.linear(hidden, _weight(flat, specs[i]), _view(flat, specs[i + 1]))
+        if i + 2 < len(specs):
+            hidden = hidden.relu()
+    return hidden
 
 
 SCORING_RULES = ("accuracy", "likelihood")
@@ -63,8 +93,8 @@ SCORING_RULES = ("accuracy", "likelihood")
 class FlatMLPScorer:
     """Per-point scores of a flat MLP vector: the evolution fast path.
 
-    ``space`` is any stack of ``fcK.weight, fcK.bias`` pairs (ReLU between layers), as
-    ``mlp_space`` and the classifier family lay it out. ``rule`` is ``accuracy`` (1 = right
+    ``space`` is any stack of (weight, bias) pairs (ReLU between layers) in either of
+    ``LAYOUTS``, as ``mlp_space`` and the classifier family lay it out. ``rule`` is ``accuracy`` (1 = right
     label, the default) or ``likelihood`` (softmax probability of the right label).
 
     The output layer is padded to a multiple of 16 columns (zero weights, -inf bias): on
@@ -84,7 +114,7 @@ class FlatMLPScorer:
         if not specs or len(specs) % 2:
             raise ShapeMismatch(f"an MLP space is (weight, bias) pairs; got {len(specs)} tensors")
         self._layers = [(specs[i], specs[i + 1]) for i in range(0, len(specs), 2)]
-        n_classes, n_hidden = self._layers[-1][0].shape
+        n_hidden, n_classes = self._layers[-2][1].shape[0] if len(self._layers) > 1 else x.shape[1], specs[-1].shape[0]
         padded = -(-n_classes // 16) * 16
         self._out_padded = torch.zeros(n_hidden, padded)  # (n_hidden, padded)
         self._bias_padded = torch.full((padded,), float("-inf"))  # (padded,)
@@ -92,19 +122,16 @@ class FlatMLPScorer:
     def __call__(self, flat: torch.Tensor) -> torch.Tensor:
         hidden = self.x  # (n, n_inputs)
         for w, b in self._layers[:-1]:
-            hidden = torch.addmm(self._view(flat, b), hidden, self._view(flat, w).t()).relu_()  # (n, n_hidden)
+            hidden = torch.addmm(_view(flat, b), hidden, _weight(flat, w).t()).relu_()  # (n, n_hidden)
         w_spec, b_spec = self._layers[-1]
-        n_classes = w_spec.shape[0]
-        self._out_padded[:, :n_classes].copy_(self._view(flat, w_spec).t())
-        self._bias_padded[:n_classes].copy_(self._view(flat, b_spec))
+        w_out = _weight(flat, w_spec)  # (n_classes, n_hidden)
+        n_classes = w_out.shape[0]
+        self._out_padded[:, :n_classes].copy_(w_out.t())
+        self._bias_padded[:n_classes].copy_(_view(flat, b_spec))
         logits = torch.addmm(self._bias_padded, hidden, self._out_padded)  # (n, padded)
         if self.rule == "likelihood":
             return logits.softmax(dim=1).gather(1, self.y.unsqueeze(1)).squeeze(1)  # (n,)
         return (logits.max(dim=1).indices == self.y).float()  # (n,)
-
-    @staticmethod
-    def _view(flat: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
-        return flat[spec.offset : spec.end].view(spec.shape)
 
 
 def random_init(space: ParamSpace, generator: torch.Generator) -> torch.Tensor:
