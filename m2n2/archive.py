@@ -41,13 +41,6 @@ class Archive:
         self._refresh()
         return old
 
-    def set_scores(self, scores: torch.Tensor) -> None:
-        """Replace every slot's scores at once (the data points changed)."""
-        if scores.shape[0] != len(self.genomes):
-            raise ShapeMismatch(f"scores have {scores.shape[0]} rows, archive has {len(self.genomes)} slots")
-        self.scores = scores.clone()
-        self._refresh()
-
     def select_parents(self, use_attraction: bool, generator: torch.Generator) -> tuple[int, int]:
         """Parent A ~ f / sum f; parent B ~ g(A, .) with attraction, else ~ f / sum f again.
 
