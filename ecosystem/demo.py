@@ -71,7 +71,8 @@ def init_digits(runtime: Runtime, seed: int = 42) -> list[Registration]:
 
 def simulate_feedback(runtime: Runtime, rate: float = 2.0, seconds: float | None = None, seed: int = 0) -> int:
     """Post new labelled digits (dataset images with pixel noise) at ``rate`` per second; returns how many."""
-    images, labels = digits.load_split().x_train, digits.load_split().y_train
+    data = digits.load_split()
+    images, labels = data.x_train, data.y_train
     generator = torch.Generator().manual_seed(seed)
     deadline = None if seconds is None else time.monotonic() + seconds
     posted = 0

@@ -27,6 +27,14 @@ from m2n2.space import ParamSpace
 log = logging.getLogger(__name__)
 
 
+class TimedGenomes(FlatGenomes):
+    """Flat genomes whose merges are timed into ``m2n2_merge_duration_seconds``."""
+
+    def child(self, *args, **kwargs) -> torch.Tensor:
+        with metrics.MERGE_DURATION.time():
+            return super().child(*args, **kwargs)
+
+
 @dataclass(eq=False)
 class Child:
     """A child admitted during the current tick; ``model_id`` is set once it is recorded."""
@@ -127,7 +135,7 @@ class Evolver:
             session.commit()
         loaded = state.key()[1]
         config = EvolutionConfig(archive_size=eco.archive_size, alpha=eco.alpha, seed=cfg.seed)
-        evolver = M2N2(self._timed(state.evaluate), config, FlatGenomes(state.space.dim)).resume(
+        evolver = M2N2(self._timed(state.evaluate), config, TimedGenomes(state.space.dim)).resume(
             state.archive, generator_state
         )
         children: list[Child] = []

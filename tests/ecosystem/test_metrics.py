@@ -61,3 +61,21 @@ def test_exposition_without_multiprocess_dir_reports_this_process(monkeypatch):
     text, content_type = metrics.exposition()
     assert content_type.startswith("text/plain")
     assert b"m2n2_promotions_total" in text
+
+
+def test_a_tick_times_every_merge_and_evaluation(demo_dir):
+    from ecosystem import metrics
+    from ecosystem.evolver import Evolver
+    from ecosystem.runtime import open_runtime
+    from ecosystem.settings import Settings
+
+    def count(histogram) -> float:
+        return next(s.value for s in histogram.collect()[0].samples if s.name.endswith("_count"))
+
+    runtime = open_runtime(Settings(data_dir=demo_dir))
+    merges, evaluations = count(metrics.MERGE_DURATION), count(metrics.EVALUATION_DURATION)
+    report = Evolver(runtime).tick(steps=20)
+    runtime.close()
+    assert report.steps == 20
+    assert count(metrics.MERGE_DURATION) - merges == 20
+    assert count(metrics.EVALUATION_DURATION) - evaluations == 20
