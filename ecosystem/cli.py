@@ -20,9 +20,9 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ecosystem import demo as digits_demo
-from ecosystem import feedback, promotion, report, schedule, store
+from ecosystem import feedback, promotion, report, schedule, store, tasks
 from ecosystem.db import begin_write
-from ecosystem.errors import Conflict, EcosystemError, InvalidInput, NotFound
+from ecosystem.errors import Conflict, EcosystemError, NotFound
 from ecosystem.evolver import Evolver
 from ecosystem.orm import ChampionEvent
 from ecosystem.runtime import Runtime, open_runtime
@@ -83,15 +83,9 @@ def register(runtime: Runtime, args: argparse.Namespace) -> int:
 
 def task_create(runtime: Runtime, args: argparse.Namespace) -> int:
     """Create a task whose scoring rule is one of the family's."""
-    options = {k: v for k, v in (("window", args.window), ("gate_share", args.gate_share)) if v is not None}
-    with runtime.sessions() as session:
-        begin_write(session)
-        family, _, _ = runtime.family(session)
-        if args.scoring not in family.scoring_rules:
-            rules = ", ".join(family.scoring_rules)
-            raise InvalidInput(f"scoring rule {args.scoring!r} is not one of the {family.name} family's: {rules}")
-        task = store.create_task(session, name=args.name, scoring=args.scoring, **options)
-        session.commit()
+    task = tasks.create_task(
+        runtime, name=args.name, scoring=args.scoring, window=args.window, gate_share=args.gate_share
+    )
     print(f"created task {task.name}: scoring {task.scoring}, window {task.window}, gate share {task.gate_share:g}")
     return 0
 

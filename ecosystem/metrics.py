@@ -58,6 +58,9 @@ REGISTERED_MODELS = Counter(
 SERVED_VERSION = Gauge(
     "m2n2_served_model_version", "Champion version served by each worker.", ["worker"], multiprocess_mode="liveall"
 )
+LAST_HOT_SWAP_SECONDS = Gauge(
+    "m2n2_last_hot_swap_seconds", "How long each worker's last hot swap took.", ["worker"], multiprocess_mode="liveall"
+)
 HOT_SWAP_DURATION = Histogram(
     "m2n2_hot_swap_duration_seconds", "Time to load, smoke-test and swap in a new champion.", buckets=DURATION_BUCKETS
 )

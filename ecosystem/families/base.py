@@ -57,6 +57,10 @@ class Family(Protocol):
         """A module in eval mode holding ``state_dict`` (cast to the space's dtypes)."""
         ...
 
+    def smoke_inputs(self, config: Mapping[str, Any]) -> list:
+        """A tiny valid input batch: a service runs it through a new champion before serving it."""
+        ...
+
     def predict(self, module: torch.nn.Module, inputs: list) -> list[dict[str, Any]]:
         """One JSON-serialisable answer per input, for the HTTP API."""
         ...

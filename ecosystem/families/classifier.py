@@ -87,6 +87,10 @@ class Classifier:
         module.load_state_dict(tensors, assign=True)
         return module.requires_grad_(False).eval()
 
+    def smoke_inputs(self, config: Mapping[str, Any]) -> list:
+        """One all-zero feature vector."""
+        return [[0.0] * self.validate_config(config)["layers"][0]]
+
     def predict(self, module: nn.Module, inputs: list) -> list[dict[str, Any]]:
         """``[{"label": int, "probabilities": [float, ...]}]``, one per input."""
         with torch.inference_mode():

@@ -1,0 +1,297 @@
+"""The entry service: serves the champion and takes every public call.
+
+    bentoml serve service.app:Ecosystem          # the whole ecosystem: N workers + the evolver
+
+Each worker holds the champion in memory and hot-swaps it when the pointer moves
+(``service.champion``). The evolver is a dependent service with one worker; set
+``M2N2_SERVICE__EVOLVER_URL`` to reach one running elsewhere (a cluster) instead of
+starting it here. Calls that change the ecosystem need the admin bearer token.
+"""
+
+import asyncio
+import contextlib
+import functools
+import logging
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Annotated
+
+import bentoml
+import torch
+from bentoml.exceptions import ServiceUnavailable
+from bentoml.validators import ContentType
+from pydantic import Field
+from starlette.background import BackgroundTask
+from starlette.responses import FileResponse
+
+from ecosystem import promotion, report, store, tasks
+from ecosystem.db import begin_write
+from ecosystem.errors import InvalidInput
+from ecosystem.runtime import open_runtime
+from ecosystem.settings import Settings
+from ecosystem.specialists import register as register_specialist
+from service.auth import BearerAuth, admin_token
+from service.champion import ChampionWatcher
+from service.errors import answers_errors
+from service.evolver import EvolverService
+from service.http import BodyLimit, InvalidInputStatus, ModelVersionHeader
+from service.schemas import (
+    ChampionMove,
+    Features,
+    FeedbackResult,
+    LineageEntry,
+    Point,
+    Prediction,
+    RegistrationResult,
+    Status,
+    TaskInfo,
+    TickResult,
+)
+
+log = logging.getLogger(__name__)
+
+# Read once at import: worker count, batching and limits shape the service definition itself.
+SETTINGS = Settings()
+CONFIG = SETTINGS.service
+ACTOR = "http"  # who the champion history says moved the pointer
+HISTORY = 20  # champion moves listed by /status
+
+READS = {"/predict", "/status", "/lineage", "/export"}
+WRITES = {"/register", "/register_path", "/tasks", "/feedback", "/promote", "/rollback", "/evolve"}
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+@bentoml.service(name="ecosystem", workers=CONFIG.workers, traffic={"timeout": 600})
+class Ecosystem:
+    """Predict on the champion; register specialists, post feedback and steer promotion."""
+
+    evolver = bentoml.depends(EvolverService, url=CONFIG.evolver_url)
+
+    def __init__(self) -> None:
+        self.settings = Settings()
+        torch.set_num_threads(self.settings.service.torch_threads)
+        admin_token(self.settings)  # first start: generate and print it now, not on the first call
+        self.runtime = open_runtime(self.settings, migrate=False)  # the evolver migrates
+        self.watcher = ChampionWatcher(self.runtime, worker=str(bentoml.server_context.worker_index or 0))
+        self._watching: asyncio.Task | None = None
+
+    @bentoml.on_startup
+    async def start_watching(self) -> None:
+        """Poll the champion pointer for the life of the worker."""
+        self._watching = asyncio.create_task(self.watcher.watch(self.settings.service.poll_seconds))
+
+    @bentoml.on_shutdown
+    async def stop_watching(self) -> None:
+        if self._watching is not None:
+            self._watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watching
+        self.runtime.close()
+
+    def __is_ready__(self) -> bool:
+        """Ready once a champion is loaded and passed its smoke inference."""
+        return self.watcher.current is not None
+
+    @property
+    def input_width(self) -> int | None:
+        """Features per input of the served architecture (checked while the request is parsed)."""
+        return self.watcher.input_width
+
+    # -- serving -------------------------------------------------------------------------------------
+    @bentoml.api(batchable=True, max_batch_size=CONFIG.max_batch_size, max_latency_ms=CONFIG.max_latency_ms)
+    def predict(
+        self, inputs: Annotated[list[Features], Field(min_length=1, max_length=CONFIG.max_batch_size)]
+    ) -> list[Prediction]:
+        """Classify each input with the champion: label, class probabilities and the version that answered."""
+        served = self.watcher.current  # read once: a swap during this batch does not touch it
+        if served is None:
+            raise ServiceUnavailable("no champion is loaded yet; /readyz turns 200 when one is")
+        return [Prediction(**p, model=served.model_name, model_version=served.version) for p in served.predict(inputs)]
+
+    # -- reading ------------------------------------------------------------------------------------
+    @bentoml.api
+    @answers_errors
+    def status(self) -> Status:
+        """The archive with fitness and gate scores per task, coverage, the champion and its latest moves."""
+        with self.runtime.sessions() as session:
+            begin_write(session)  # gate scores not stored yet are computed and kept
+            data = report.collect_status(session, self.runtime)
+            history = [_move(session, event) for event in store.champion_history(session, HISTORY)]
+            session.commit()
+        data.pop("data_dir")
+        return Status(**data, history=history)
+
+    @bentoml.api
+    @answers_errors
+    def lineage(self, model: Name) -> list[LineageEntry]:
+        """The model (name or id) and its ancestry: operators, split points, mixing ratios, sources."""
+        with self.runtime.sessions() as session:
+            ancestors = store.lineage(session, store.model_by_name_or_id(session, model).id)
+            names = {a.model.id: a.model.name for a in ancestors}
+            return [_lineage_entry(a, names) for a in ancestors]
+
+    @bentoml.api
+    @answers_errors
+    def export(self, model: Name) -> Annotated[Path, ContentType("application/zip")]:
+        """A zip of the model's safetensors file and its model card (ancestry, sources, licences)."""
+        workdir = Path(tempfile.mkdtemp(prefix="m2n2-export-"))
+        try:
+            report.export_model(self.runtime, model, workdir / "model")
+            archive = workdir / "model.zip"
+            with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+                for path in sorted((workdir / "model").iterdir()):
+                    zf.write(path, path.name)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        filename = f"{model}.zip"
+        cleanup = BackgroundTask(shutil.rmtree, workdir, ignore_errors=True)
+        return FileResponse(archive, media_type="application/zip", filename=filename, background=cleanup)
+
+    # -- changing the ecosystem (admin token) --------------------------------------------------------
+    @bentoml.api
+    @answers_errors
+    def register(
+        self,
+        weights: Annotated[Path, ContentType("application/octet-stream")],
+        name: Name,
+        source: str | None = None,
+        licence: str | None = None,
+        registered_by: Name = ACTOR,
+    ) -> RegistrationResult:
+        """Upload a specialist's safetensors file (multipart); it is checked, scored and offered to the archive."""
+        return _registration(register_specialist(self.runtime, weights, **_who(name, registered_by, source, licence)))
+
+    @bentoml.api
+    @answers_errors
+    def register_path(
+        self,
+        path: Name,
+        name: Name,
+        source: str | None = None,
+        licence: str | None = None,
+        registered_by: Name = ACTOR,
+    ) -> RegistrationResult:
+        """Register a safetensors file the server can read (for files too large to upload).
+
+        It must lie under ``<data dir>/incoming`` or a directory of ``M2N2_REGISTRATION__IMPORT_DIRS``.
+        """
+        checkpoint = _importable(Path(path), self.settings)
+        return _registration(
+            register_specialist(self.runtime, checkpoint, **_who(name, registered_by, source, licence))
+        )
+
+    @bentoml.api(route="/tasks")
+    @answers_errors
+    def create_task(
+        self,
+        name: Name,
+        scoring: str,
+        window: Annotated[int, Field(ge=1)] | None = None,
+        gate_share: Annotated[float, Field(ge=0, le=1)] | None = None,
+    ) -> TaskInfo:
+        """Create a task; ``scoring`` is one of the family's rules (the classifier's: accuracy, likelihood)."""
+        task = tasks.create_task(self.runtime, name=name, scoring=scoring, window=window, gate_share=gate_share)
+        return TaskInfo(name=task.name, scoring=task.scoring, window=task.window, gate_share=task.gate_share)
+
+    @bentoml.api
+    @answers_errors
+    def feedback(self, task: Name, points: Annotated[list[Point], Field(min_length=1)]) -> FeedbackResult:
+        """Add labelled points to a task, all or none; each joins the fitness pool or the gate set."""
+        added, duplicates = tasks.add_feedback(self.runtime, task, [p.model_dump(exclude_none=True) for p in points])
+        gate = sum(p.pool == "gate" for p in added)
+        return FeedbackResult(
+            task=task, added=len(added), fitness=len(added) - gate, gate=gate, duplicates=len(duplicates)
+        )
+
+    @bentoml.api
+    @answers_errors
+    def promote(self, model: Name, reason: str = "promoted over HTTP") -> ChampionMove:
+        """Make a model (name or id) the champion now, bypassing the gate; recorded with both gate scores."""
+        promotion.promote(self.runtime, model, ACTOR, reason)
+        return self._newest_move()
+
+    @bentoml.api
+    @answers_errors
+    def rollback(self, reason: str = "rolled back over HTTP") -> ChampionMove:
+        """Return the champion to the model the newest promotion replaced."""
+        promotion.rollback(self.runtime, ACTOR, reason)
+        return self._newest_move()
+
+    @bentoml.api
+    async def evolve(self, steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = None) -> TickResult:
+        """Run one evolution tick now on the evolver (``steps``: its budget), then the promotion gate."""
+        result = await self.evolver.to_async.tick(steps=steps)
+        return TickResult.model_validate(result.model_dump())
+
+    def _newest_move(self) -> ChampionMove:
+        with self.runtime.sessions() as session:
+            return _move(session, store.champion_history(session, 1)[0])
+
+
+def _who(name: str, registered_by: str, source: str | None, licence: str | None) -> dict[str, str | None]:
+    return {"name": name, "registered_by": registered_by, "source": source, "licence": licence}
+
+
+def _importable(path: Path, settings: Settings) -> Path:
+    """``path`` resolved, if it lies under a directory the service may register from."""
+    roots = [settings.data_dir / "incoming", *settings.registration.import_dirs]
+    resolved = path.resolve()
+    if not path.is_absolute() or not any(resolved.is_relative_to(root.resolve()) for root in roots):
+        allowed = ", ".join(str(r) for r in roots)
+        raise InvalidInput(f"path must be absolute and lie under one of: {allowed} (M2N2_REGISTRATION__IMPORT_DIRS)")
+    return resolved
+
+
+def _registration(result) -> RegistrationResult:
+    return RegistrationResult(**{k: getattr(result, k) for k in RegistrationResult.model_fields})
+
+
+def _move(session, event) -> ChampionMove:
+    previous = None if event.previous_model_id is None else store.get_model(session, event.previous_model_id).name
+    return ChampionMove(
+        action=event.action,
+        model=store.get_model(session, event.model_id).name,
+        previous_model=previous,
+        version=event.version,
+        champion_score=event.champion_score,
+        challenger_score=event.challenger_score,
+        p_value=event.p_value,
+        n_points=event.n_points,
+        reason=event.reason,
+        actor=event.actor,
+        created_at=event.created_at,
+    )
+
+
+def _lineage_entry(ancestor: store.Ancestor, names: dict[int, str]) -> LineageEntry:
+    m = ancestor.model
+    return LineageEntry(
+        model=m.name,
+        model_id=m.id,
+        depth=ancestor.depth,
+        kind=m.kind,
+        operator=m.operator,
+        generation=m.generation,
+        parents=[names.get(p, str(p)) for p in m.parent_ids],
+        split_point=m.split_point,
+        mixing_ratio=m.mixing_ratio,
+        sha256=m.sha256,
+        registered_by=m.registered_by,
+        source=m.source,
+        licence=m.licence,
+        created_at=m.created_at,
+    )
+
+
+# Listed outermost first: the token and the body size are checked before BentoML reads the body.
+Ecosystem.add_asgi_middleware(
+    BearerAuth,
+    token=functools.partial(admin_token, SETTINGS),
+    paths=WRITES | READS if CONFIG.protect_reads else WRITES,
+)
+Ecosystem.add_asgi_middleware(BodyLimit, max_bytes=CONFIG.max_request_bytes)
+Ecosystem.add_asgi_middleware(InvalidInputStatus, paths=READS | WRITES)
+Ecosystem.add_asgi_middleware(ModelVersionHeader, path="/predict")
