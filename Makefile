@@ -17,8 +17,10 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# The whole ecosystem on one machine: entry workers + the evolver, on the data directory of
+# M2N2_DATA_DIR (else the per-user one) and the port of BENTOML_PORT (else 3000).
 run: $(INSTALLED)
-	$(BIN)/m2n2 demo
+	$(BIN)/bentoml serve service.app:Ecosystem
 
 # pytest exits 5 when it collects no test; that is not a failure of the code.
 # Unless M2N2_TEST_POSTGRES_URL names a database, the store tests also run on a throwaway PostgreSQL

@@ -58,7 +58,7 @@ def test_malformed_predict_input_is_422_naming_the_field(client: httpx.Client, i
 
 
 def test_reads_are_open_and_writes_need_the_token(server) -> None:
-    with server.client(token=None) as anonymous, server.client(token="wrong") as wrong:
+    with server.client(anonymous=True) as anonymous, server.client(token="wrong") as wrong:
         assert anonymous.post("/status").status_code == 200
         assert anonymous.post("/predict", json={"inputs": [DIGIT]}).status_code == 200
         for path, body in [
@@ -224,7 +224,7 @@ def test_evolve_promote_and_rollback(server, client: httpx.Client) -> None:
 
 
 def test_readyz_livez_metrics_and_openapi(server) -> None:
-    with server.client(token=None) as c:
+    with server.client(anonymous=True) as c:
         assert c.get("/livez").status_code == 200 and c.get("/readyz").status_code == 200
         metrics = c.get("/metrics").text
         for name in ("m2n2_served_model_version", "m2n2_evolution_steps_total", "bentoml_service_request_total"):
