@@ -145,6 +145,15 @@ def test_an_upload_over_the_body_limit_is_413(client: httpx.Client) -> None:
     assert "exceeds the limit of 400000 bytes" in response.json()["error"]
 
 
+def test_a_streamed_body_over_the_limit_is_413(client: httpx.Client) -> None:
+    def chunks():  # no Content-Length: the limit is enforced while the body arrives
+        for _ in range(10):
+            yield b"\x00" * 50_000
+
+    response = client.post("/feedback", content=chunks(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+
+
 def test_register_by_path_only_under_the_import_directories(server, client: httpx.Client) -> None:
     outside = server.data_dir.parent / "outside.safetensors"
     weights = {k: v * 0.99 for k, v in state_dict(client, "digits-5-9").items()}
@@ -232,3 +241,17 @@ def test_readyz_livez_metrics_and_openapi(server) -> None:
         spec = c.get("/docs.json").json()
         for path in ("/predict", "/status", "/register", "/register_path", "/feedback", "/promote", "/evolve"):
             assert path in spec["paths"], path
+
+
+def test_metrics_add_up_over_every_worker(server) -> None:
+    """Counters from whichever worker took each call are summed in one exposition."""
+    with server.client() as admin:
+        admin.post("/tasks", json={"name": "metered", "scoring": "accuracy", "gate_share": 0.0})
+    for i in range(8):  # a new connection per call: the kernel spreads them over the workers
+        with server.client() as c:
+            points = [{"inputs": [float(i), float(j)] + [0.0] * 62, "target": j} for j in range(3)]
+            assert c.post("/feedback", json={"task": "metered", "points": points}).status_code == 200
+    with server.client() as c:
+        exposition = c.get("/metrics").text
+    line = next(x for x in exposition.splitlines() if x.startswith("m2n2_feedback_points_total{") and "metered" in x)
+    assert float(line.rsplit(" ", 1)[1]) == 24
