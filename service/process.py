@@ -84,3 +84,19 @@ class Server:
         token = None if anonymous else token or self.env.get("M2N2_ADMIN_TOKEN")
         headers = {} if token is None else {"Authorization": f"Bearer {token}"}
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+
+def serve(workdir: Path, target: str = Server.target, **env: str | None) -> Server:
+    """Start a server whose data directory, BentoML home and log live in ``workdir``; it evolves only when asked.
+
+    ``env`` adds or (with None) removes environment variables; a built Bento's tag as ``target``
+    is served from ``workdir``, outside the source tree.
+    """
+    defaults = {
+        "M2N2_EVOLUTION__INTERVAL_SECONDS": "3600",  # one tick at start, then only on /evolve
+        "M2N2_EVOLUTION__STEPS_PER_TICK": "100",
+        "M2N2_SERVICE__POLL_SECONDS": "0.2",
+        "BENTOML_HOME": str(workdir / "bentoml"),
+    }
+    cwd = ROOT if target == Server.target else workdir
+    return Server(workdir / "data", {**defaults, **env}, workdir / "serve.log", target, cwd).start()

@@ -6,37 +6,21 @@ and TSDB in a temporary directory. Where it can be neither found nor installed, 
 and say why.
 """
 
-import importlib.util
 import math
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import httpx
 import pytest
 
+from service.process import Server, serve
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "prometheus.sh"
 INSTALL_SECONDS = 600  # apt-get update + install on a slow mirror
-
-
-def _service_harness() -> ModuleType:
-    """tests/service/conftest.py as a plain module: its ``serve`` starts the real server."""
-    name = "m2n2_tests_service_harness"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / "service" / "conftest.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-harness = _service_harness()
-Server = harness.Server
 
 
 @dataclass
@@ -94,7 +78,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, prometheus_binary: str) -> 
 
     It needs Prometheus: without it there is nothing to test here, so it is not started.
     """
-    running = harness.serve(tmp_path_factory.mktemp("observed"))
+    running = serve(tmp_path_factory.mktemp("observed"), M2N2_ADMIN_TOKEN="observability-token")
     yield running
     running.stop()
 

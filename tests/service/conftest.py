@@ -6,22 +6,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.process import ROOT, Server
+from service import process
+from service.process import Server
 
 TOKEN = "test-admin-token"
 
 
-def serve(tmp: Path, target: str = "service.app:Ecosystem", **env: str | None) -> Server:
-    """Start a server on a fresh data directory (the evolver builds the digits demo on its first start)."""
-    defaults = {
-        "M2N2_ADMIN_TOKEN": TOKEN,
-        "M2N2_EVOLUTION__INTERVAL_SECONDS": "3600",  # evolution runs when a test asks for it
-        "M2N2_EVOLUTION__STEPS_PER_TICK": "100",
-        "M2N2_SERVICE__POLL_SECONDS": "0.2",
-        "BENTOML_HOME": str(tmp / "bentoml"),
-    }
-    cwd = ROOT if target == Server.target else tmp  # a built Bento is served from outside the source tree
-    return Server(tmp / "data", {**defaults, **env}, tmp / "serve.log", target, cwd).start()
+def serve(tmp: Path, target: str = Server.target, **env: str | None) -> Server:
+    """A server on a fresh data directory with the test token (the evolver builds the digits demo first)."""
+    return process.serve(tmp, target, **{"M2N2_ADMIN_TOKEN": TOKEN, **env})
 
 
 @pytest.fixture(scope="session")
