@@ -36,7 +36,7 @@ from service.auth import BearerAuth, admin_token
 from service.champion import ChampionWatcher
 from service.errors import answers_errors
 from service.evolver import EvolverService
-from service.http import BodyLimit, InvalidInputStatus, ModelVersionHeader
+from service.http import BodyLimit, InvalidInputStatus, ModelVersionHeader, OpenAPIErrors
 from service.schemas import (
     ChampionMove,
     Features,
@@ -60,7 +60,23 @@ HISTORY = 20  # champion moves listed by /status
 
 READS = {"/predict", "/status", "/lineage", "/export"}
 WRITES = {"/register", "/register_path", "/tasks", "/feedback", "/promote", "/rollback", "/evolve"}
+PROTECTED = WRITES | READS if CONFIG.protect_reads else WRITES
 Name = Annotated[str, Field(min_length=1, max_length=200)]
+# The error statuses each route answers besides 500, as its OpenAPI entry lists them.
+_ERRORS: dict[str, set[int]] = {
+    "/predict": {413, 422, 503},
+    "/status": {413},
+    "/lineage": {404, 413, 422},
+    "/export": {404, 409, 413, 422},
+    "/register": {409, 413, 422},
+    "/register_path": {409, 413, 422},
+    "/tasks": {409, 413, 422},
+    "/feedback": {404, 413, 422},
+    "/promote": {404, 409, 413, 422},
+    "/rollback": {409, 413, 422},
+    "/evolve": {413, 422},
+}
+ERRORS = {route: codes | ({401, 403} if route in PROTECTED else set()) for route, codes in _ERRORS.items()}
 
 
 @bentoml.service(name="ecosystem", workers=CONFIG.workers, traffic={"timeout": 600})
@@ -290,8 +306,9 @@ def _lineage_entry(ancestor: store.Ancestor, names: dict[int, str]) -> LineageEn
 Ecosystem.add_asgi_middleware(
     BearerAuth,
     token=functools.partial(admin_token, SETTINGS),
-    paths=WRITES | READS if CONFIG.protect_reads else WRITES,
+    paths=PROTECTED,
 )
 Ecosystem.add_asgi_middleware(BodyLimit, max_bytes=CONFIG.max_request_bytes)
 Ecosystem.add_asgi_middleware(InvalidInputStatus, paths=READS | WRITES)
 Ecosystem.add_asgi_middleware(ModelVersionHeader, path="/predict")
+Ecosystem.add_asgi_middleware(OpenAPIErrors, errors=ERRORS)

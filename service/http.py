@@ -6,7 +6,7 @@ request before BentoML parses it and every response before it leaves.
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -149,3 +149,45 @@ class ModelVersionHeader(_ResponseRewriter):
                 return status, headers, body
             headers.append((VERSION_HEADER.lower().encode(), str(version).encode()))
         return status, headers, body
+
+
+class OpenAPIErrors(_ResponseRewriter):
+    """Makes the published OpenAPI document list the error answers each route really gives.
+
+    BentoML documents 400, 404 and 500 for every route; this service answers invalid input with
+    422 and adds 401/403 (token), 409 (conflict), 413 (body limit) and 503 (no champion yet).
+    """
+
+    ERROR: ClassVar[dict] = {
+        "application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}
+    }
+    MEANING: ClassVar[dict[int, str]] = {
+        401: "no bearer token",
+        403: "the wrong bearer token",
+        404: "an unknown model or task",
+        409: "a conflict with the stored state (name taken, already champion, nothing to roll back)",
+        413: "the request body is over the size limit",
+        422: "invalid input; the message names the field",
+        503: "no champion loaded yet, or the batching queue is full",
+    }
+
+    def __init__(self, app: ASGIApp, errors: dict[str, set[int]], path: str = "/docs.json") -> None:
+        super().__init__(app)
+        self.errors, self.path = errors, path
+
+    def wants(self, scope: Scope) -> bool:
+        return scope["path"] == self.path
+
+    def rewrite(self, status: int, headers: list, body: bytes) -> tuple[int, list, bytes]:
+        if status != 200:
+            return status, headers, body
+        spec = json.loads(body)
+        for route, codes in self.errors.items():
+            operation = spec.get("paths", {}).get(route, {}).get("post")
+            if operation is None:
+                continue
+            responses = {k: v for k, v in operation["responses"].items() if k in ("200", "500")}
+            for code in sorted(codes):
+                responses[str(code)] = {"description": self.MEANING[code], "content": self.ERROR}
+            operation["responses"] = responses
+        return status, headers, json.dumps(spec).encode()

@@ -241,6 +241,10 @@ def test_readyz_livez_metrics_and_openapi(server) -> None:
         spec = c.get("/docs.json").json()
         for path in ("/predict", "/status", "/register", "/register_path", "/feedback", "/promote", "/evolve"):
             assert path in spec["paths"], path
+        predict = spec["paths"]["/predict"]["post"]["responses"]
+        assert {"200", "413", "422", "503"} <= predict.keys() and "400" not in predict and "401" not in predict
+        assert {"401", "403", "409", "422"} <= spec["paths"]["/promote"]["post"]["responses"].keys()
+        assert "multipart/form-data" in spec["paths"]["/register"]["post"]["requestBody"]["content"]
 
 
 def test_metrics_add_up_over_every_worker(server) -> None:
