@@ -16,21 +16,24 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import bentoml
 import torch
 from bentoml.exceptions import ServiceUnavailable
 from bentoml.validators import ContentType
-from pydantic import Field
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 from starlette.responses import FileResponse
 
 from ecosystem import promotion, report, store, tasks
 from ecosystem.db import begin_write
 from ecosystem.errors import InvalidInput
+from ecosystem.orm import ChampionEvent
 from ecosystem.runtime import open_runtime
 from ecosystem.settings import Settings
+from ecosystem.specialists import Registration
 from ecosystem.specialists import register as register_specialist
 from service.auth import BearerAuth, admin_token
 from service.champion import ChampionWatcher
@@ -51,6 +54,7 @@ from service.schemas import (
 )
 
 log = logging.getLogger(__name__)
+S = TypeVar("S", bound=BaseModel)
 
 # Read once at import: worker count, batching and limits shape the service definition itself.
 SETTINGS = Settings()
@@ -261,45 +265,25 @@ def _importable(path: Path, settings: Settings) -> Path:
     return resolved
 
 
-def _registration(result) -> RegistrationResult:
-    return RegistrationResult(**{k: getattr(result, k) for k in RegistrationResult.model_fields})
+def _from(source: object, schema: type[S], **extra: Any) -> S:
+    """``schema`` filled from ``source``'s attributes of the same names, and from ``extra``."""
+    fields = {f: getattr(source, f) for f in schema.model_fields if f not in extra and hasattr(source, f)}
+    return schema(**fields, **extra)
 
 
-def _move(session, event) -> ChampionMove:
+def _registration(result: Registration) -> RegistrationResult:
+    return _from(result, RegistrationResult)
+
+
+def _move(session: Session, event: ChampionEvent) -> ChampionMove:
     previous = None if event.previous_model_id is None else store.get_model(session, event.previous_model_id).name
-    return ChampionMove(
-        action=event.action,
-        model=store.get_model(session, event.model_id).name,
-        previous_model=previous,
-        version=event.version,
-        champion_score=event.champion_score,
-        challenger_score=event.challenger_score,
-        p_value=event.p_value,
-        n_points=event.n_points,
-        reason=event.reason,
-        actor=event.actor,
-        created_at=event.created_at,
-    )
+    return _from(event, ChampionMove, model=store.get_model(session, event.model_id).name, previous_model=previous)
 
 
 def _lineage_entry(ancestor: store.Ancestor, names: dict[int, str]) -> LineageEntry:
     m = ancestor.model
-    return LineageEntry(
-        model=m.name,
-        model_id=m.id,
-        depth=ancestor.depth,
-        kind=m.kind,
-        operator=m.operator,
-        generation=m.generation,
-        parents=[names.get(p, str(p)) for p in m.parent_ids],
-        split_point=m.split_point,
-        mixing_ratio=m.mixing_ratio,
-        sha256=m.sha256,
-        registered_by=m.registered_by,
-        source=m.source,
-        licence=m.licence,
-        created_at=m.created_at,
-    )
+    parents = [names.get(p, str(p)) for p in m.parent_ids]
+    return _from(m, LineageEntry, model=m.name, model_id=m.id, depth=ancestor.depth, parents=parents)
 
 
 # Listed outermost first: the token and the body size are checked before BentoML reads the body.

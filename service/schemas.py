@@ -99,8 +99,6 @@ class Coverage(BaseModel):
 class ChampionMove(BaseModel):
     """A promotion or rollback, with the gate evidence behind it."""
 
-    model_config = ConfigDict(from_attributes=True)
-
     action: str
     model: str
     previous_model: str | None
