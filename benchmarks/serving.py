@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     torch.set_num_threads(1)  # as each worker
     data = digits.load_split()
     inputs = data.x_test.tolist()

@@ -79,10 +79,7 @@ class ServiceSettings(BaseModel):
     workers: int = Field(2, ge=1)  # entry-service worker processes, each serving the champion
     torch_threads: int = Field(1, ge=1)  # per worker: the digits model needs no more, and the evolver keeps a core
     poll_seconds: float = Field(0.5, gt=0)  # how often each worker checks the champion pointer
-    max_batch_size: int = Field(256, ge=2)  # adaptive batching: inputs per batch (and per request)
-    # adaptive batching: a request that would wait longer than this is refused (503), so keep it well above
-    # the model's latency; the batcher itself waits only as long as batching pays
-    max_latency_ms: int = Field(10_000, ge=1)
+    max_batch_size: int = Field(256, ge=2)  # adaptive batching: most inputs per batch (and per request)
     max_request_bytes: int = Field(512 * 1024**2, ge=1)  # larger bodies get 413; register big files by path
     protect_reads: bool = False  # True: predict, status, lineage and export need the token too
     init_demo: bool = True  # an empty store gets the digits demo ecosystem on the evolver's first start

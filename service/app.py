@@ -25,7 +25,7 @@ from bentoml.validators import ContentType
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
-from starlette.responses import FileResponse
+from starlette.responses import FileResponse, JSONResponse
 
 from ecosystem import promotion, report, store, tasks
 from ecosystem.db import begin_write
@@ -36,10 +36,11 @@ from ecosystem.settings import Settings
 from ecosystem.specialists import Registration
 from ecosystem.specialists import register as register_specialist
 from service.auth import BearerAuth, admin_token
-from service.champion import ChampionWatcher
+from service.batching import GreedyBatcher
+from service.champion import ChampionWatcher, Served
 from service.errors import answers_errors
 from service.evolver import EvolverService
-from service.http import BodyLimit, InvalidInputStatus, ModelVersionHeader, OpenAPIErrors
+from service.http import VERSION_HEADER, BodyLimit, InvalidInputStatus, OpenAPIErrors
 from service.schemas import (
     ChampionMove,
     Features,
@@ -96,6 +97,7 @@ class Ecosystem:
         self.runtime = open_runtime(self.settings, migrate=False)  # the evolver migrates
         self.watcher = ChampionWatcher(self.runtime, worker=str(bentoml.server_context.worker_index or 0))
         self._watching: asyncio.Task | None = None
+        self.batcher = GreedyBatcher(self._predict_batch, self.settings.service.max_batch_size)
 
     @bentoml.on_startup
     async def start_watching(self) -> None:
@@ -120,15 +122,23 @@ class Ecosystem:
         return self.watcher.input_width
 
     # -- serving -------------------------------------------------------------------------------------
-    @bentoml.api(batchable=True, max_batch_size=CONFIG.max_batch_size, max_latency_ms=CONFIG.max_latency_ms)
-    def predict(
+    @bentoml.api
+    async def predict(
         self, inputs: Annotated[list[Features], Field(min_length=1, max_length=CONFIG.max_batch_size)]
     ) -> list[Prediction]:
         """Classify each input with the champion: label, class probabilities and the version that answered."""
-        served = self.watcher.current  # read once: a swap during this batch does not touch it
+        served, outputs = await self.batcher.submit(inputs)
+        body = [{**o, "model": served.model_name, "model_version": served.version} for o in outputs]
+        # Answered as a plain JSON response: BentoML would rebuild the JSON schema of list[Prediction] for
+        # every response it serialises, which costs more than the whole forward pass of a small model.
+        return JSONResponse(body, headers={VERSION_HEADER: str(served.version)})
+
+    def _predict_batch(self, inputs: list) -> tuple[Served, list[dict[str, Any]]]:
+        """One batch on the champion as it is now: a swap during the batch does not touch it."""
+        served = self.watcher.current
         if served is None:
             raise ServiceUnavailable("no champion is loaded yet; /readyz turns 200 when one is")
-        return [Prediction(**p, model=served.model_name, model_version=served.version) for p in served.predict(inputs)]
+        return served, served.predict(inputs)
 
     # -- reading ------------------------------------------------------------------------------------
     @bentoml.api
@@ -294,5 +304,4 @@ Ecosystem.add_asgi_middleware(
 )
 Ecosystem.add_asgi_middleware(BodyLimit, max_bytes=CONFIG.max_request_bytes)
 Ecosystem.add_asgi_middleware(InvalidInputStatus, paths=READS | WRITES)
-Ecosystem.add_asgi_middleware(ModelVersionHeader, path="/predict")
 Ecosystem.add_asgi_middleware(OpenAPIErrors, errors=ERRORS)

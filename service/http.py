@@ -1,4 +1,4 @@
-"""ASGI middleware around the BentoML app: body limits, 422 for invalid input, the served version header.
+"""ASGI middleware around the BentoML app: body limits, 422 for invalid input, the OpenAPI error entries.
 
 Each is a plain ASGI wrapper, registered with ``add_asgi_middleware``, so it sees every
 request before BentoML parses it and every response before it leaves.
@@ -131,26 +131,6 @@ class InvalidInputStatus(_ResponseRewriter):
         return 422, headers, json.dumps({"error": f"invalid request: {fields}", "detail": detail}).encode()
 
 
-class ModelVersionHeader(_ResponseRewriter):
-    """Copies the ``model_version`` of a prediction body into the ``X-Model-Version`` header."""
-
-    def __init__(self, app: ASGIApp, path: str) -> None:
-        super().__init__(app)
-        self.path = path
-
-    def wants(self, scope: Scope) -> bool:
-        return scope["path"] == self.path
-
-    def rewrite(self, status: int, headers: list, body: bytes) -> tuple[int, list, bytes]:
-        if status == 200:
-            try:
-                version = json.loads(body)[0]["model_version"]
-            except (ValueError, LookupError, TypeError):
-                return status, headers, body
-            headers.append((VERSION_HEADER.lower().encode(), str(version).encode()))
-        return status, headers, body
-
-
 class OpenAPIErrors(_ResponseRewriter):
     """Makes the published OpenAPI document list the error answers each route really gives.
 
@@ -168,7 +148,7 @@ class OpenAPIErrors(_ResponseRewriter):
         409: "a conflict with the stored state (name taken, already champion, nothing to roll back)",
         413: "the request body is over the size limit",
         422: "invalid input; the message names the field",
-        503: "no champion loaded yet, or the batching queue is full",
+        503: "no champion loaded yet",
     }
 
     def __init__(self, app: ASGIApp, errors: dict[str, set[int]], path: str = "/docs.json") -> None:

@@ -1,0 +1,58 @@
+"""The greedy batcher: calls that queue while a batch runs form the next batch, and each gets its own slice."""
+
+import asyncio
+import threading
+
+import pytest
+
+from service.batching import GreedyBatcher
+
+
+class SlowModel:
+    """Doubles its inputs; the first batch blocks until released, so later calls queue behind it."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.release = threading.Event()
+
+    def __call__(self, inputs: list[int]) -> tuple[str, list[int]]:
+        self.batches.append(list(inputs))
+        if len(self.batches) == 1:
+            self.release.wait(5)
+        return f"v{len(self.batches)}", [2 * x for x in inputs]
+
+
+def test_calls_queued_during_a_batch_run_together_and_get_their_own_slices() -> None:
+    model = SlowModel()
+
+    async def scenario():
+        batcher = GreedyBatcher(model, max_batch_size=5)
+        first = asyncio.create_task(batcher.submit([1]))
+        await asyncio.sleep(0.05)  # the first call runs alone, at once
+        queued = [asyncio.create_task(batcher.submit(x)) for x in ([2, 3], [4], [5, 6], [7])]
+        await asyncio.sleep(0.05)
+        model.release.set()
+        return await first, await asyncio.gather(*queued)
+
+    first, queued = asyncio.run(scenario())
+    assert first == ("v1", [2])
+    assert model.batches == [[1], [2, 3, 4, 5, 6], [7]]  # five inputs fit a batch; the sixth waits for the next
+    assert queued == [("v2", [4, 6]), ("v2", [8]), ("v2", [10, 12]), ("v3", [14])]
+
+
+def test_an_error_reaches_every_call_of_its_batch_and_the_next_batch_still_runs() -> None:
+    calls = []
+
+    def flaky(inputs: list[int]) -> tuple[str, list[int]]:
+        calls.append(inputs)
+        if len(calls) == 1:
+            raise RuntimeError("no champion")
+        return "v", inputs
+
+    async def scenario():
+        batcher = GreedyBatcher(flaky, max_batch_size=10)
+        with pytest.raises(RuntimeError, match="no champion"):
+            await batcher.submit([1])
+        return await batcher.submit([2])
+
+    assert asyncio.run(scenario()) == ("v", [2])
