@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ecosystem.errors import InvalidInput
-from m2n2.checkpoint import fsync_dir, read_header, write_safetensors
+from m2n2.checkpoint import fsync_dir, read_header, safetensors_chunks
 from m2n2.space import ParamSpace
 
 CHUNK_BYTES = 1024 * 1024
@@ -86,13 +86,22 @@ class ArtifactStore:
         tensors: Iterable[tuple[str, torch.Tensor]],
         metadata: Mapping[str, str] | None = None,
     ) -> Artifact:
-        """Stream tensors (in ``space`` order) into a new safetensors artifact."""
+        """Stream tensors (in ``space`` order) into a new safetensors artifact.
+
+        The bytes are hashed as they are written, so the file is neither read back nor renamed twice: the
+        evolver writes every surviving child this way.
+        """
         fd, tmp = self._temp()
-        os.close(fd)
         try:
-            write_safetensors(tmp, space, tensors, metadata)  # fsyncs and renames within tmp/
-            sha256, n_bytes = _hash_file(tmp)
-            return self._commit(tmp, sha256, n_bytes)
+            digest, n_bytes = hashlib.sha256(), 0
+            with os.fdopen(fd, "wb") as out:
+                for chunk in safetensors_chunks(space, tensors, metadata):
+                    digest.update(chunk)
+                    n_bytes += len(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            return self._commit(tmp, digest.hexdigest(), n_bytes)
         finally:
             tmp.unlink(missing_ok=True)
 

@@ -1,12 +1,13 @@
 """The evolver: M2N2 generations on the stored archive, one tick at a time.
 
 Exactly one process evolves. Each tick it (re)loads the archive and the fitness window
-only if they changed since its last tick, runs a budget of M2N2 steps, writes every
-admitted child's weights as a durable artifact, and then commits lineage, the
-survivors' scores, the archive slots and the random state in one transaction. A crash
-mid-tick therefore loses only that tick: the store still points at complete files.
-Children admitted and evicted within one tick keep a lineage row (with the hash of
-their weights) but no file: only archive members and champions need weights.
+only if they changed since its last tick, runs a budget of M2N2 steps, and then, in one
+transaction, records every admitted child's lineage, writes the survivors' weights as
+durable artifacts, points the archive slots at them, and stores their scores and the
+random state. A crash mid-tick therefore loses only that tick: the store still points
+at complete files. Children admitted and evicted within one tick keep a lineage row
+(with the hash of their weights) but no file: only archive members and champions need
+weights. Rows go in a few multi-row statements per tick, not a few per child.
 """
 
 import logging
@@ -54,6 +55,11 @@ class Child:
 Member = int | Child  # a stored model id, or a child of this tick
 
 
+def _model_id(member: Member) -> int:
+    """A member's stored model id (a child of this tick has one once its lineage is recorded)."""
+    return member if isinstance(member, int) else member.model_id
+
+
 @dataclass
 class ArchiveState:
     """The archive as the evolver holds it between ticks."""
@@ -89,6 +95,7 @@ class Evolver:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._state: ArchiveState | None = None
+        self._gatekeeper = promotion.Gatekeeper(runtime)
 
     # -- loading -------------------------------------------------------------------------
     def _load(self, session: Session) -> ArchiveState | None:
@@ -164,7 +171,7 @@ class Evolver:
         metrics.EVOLUTION_STEPS.inc(report.steps)
         metrics.CHILDREN.labels("admitted").inc(report.admitted)
         metrics.CHILDREN.labels("rejected").inc(report.rejected)
-        report.promotion = promotion.after_tick(self.runtime, self._best_model_id(state))
+        report.promotion = self._offer_best(state)
         report.seconds = time.perf_counter() - start
         log.info(
             "tick: %d steps, %d admitted, %d rejected in %.2f s",
@@ -200,61 +207,85 @@ class Evolver:
     def _record(
         self, session: Session, children: list[Child], state: ArchiveState, loaded: tuple[int | None, ...]
     ) -> bool:
-        """Record this tick's children (lineage), then the survivors' slots and scores.
+        """Record this tick's children (lineage), then the survivors' files, slots and scores.
 
         Returns False when the stored archive changed since ``loaded`` (a registration
         meanwhile): its slots win, and the in-memory archive must be reloaded.
         """
+        self._record_lineage(session, children)
+        survivors, consistent = self._survivors(session, state, loaded)
+        for member in survivors.values():  # the file must be durable before any archive row points at it
+            artifact = self.runtime.artifacts.write_tensors(state.space, state.space.unflatten(member.flat).items())
+            assert artifact.sha256 == member.sha256, "safetensors_digest and the artifact writer disagree"
+        store.set_slots(session, {slot: member.model_id for slot, member in survivors.items()})
+        point_ids = state.points.point_ids
+        for new in (True, False):  # a model recorded by an earlier tick may already hold some scores
+            scores = {
+                m.model_id: dict(zip(point_ids, m.scores.tolist(), strict=True))
+                for m in survivors.values()
+                if m.recorded_now is new
+            }
+            store.add_scores_of(session, scores, new_models=new)
+        state.members = [_model_id(m) if m is not None else None for m in state.members]
+        return consistent
 
-        def model_id(member: Member) -> int:
-            return member if isinstance(member, int) else member.model_id
+    def _record_lineage(self, session: Session, children: list[Child]) -> None:
+        """Give every child of this tick its model id: a new lineage row, or the model with the same weights.
 
-        known = store.models_by_sha(session, (c.sha256 for c in children))
+        All new rows go in with one multi-row insert; a child whose parent is another child of this tick
+        names that child's row, which comes earlier in the batch.
+        """
+        known = {sha: m.id for sha, m in store.models_by_sha(session, (c.sha256 for c in children)).items()}
+        rows: dict[str, store.NewChild] = {}  # by weight hash, in admission order
+
+        def parent(member: Member) -> int | store.NewChild:
+            if isinstance(member, int):
+                return member
+            return known[member.sha256] if member.sha256 in known else rows[member.sha256]
+
         for child in children:
-            if child.sha256 in known:  # the same weights were made before
-                child.model_id = known[child.sha256].id
+            if child.sha256 in known or child.sha256 in rows:  # the same weights were made before
                 continue
-            model = store.add_model(
-                session,
+            rows[child.sha256] = store.NewChild(
                 name=f"child-{child.sha256[:16]}",
                 sha256=child.sha256,
                 n_bytes=child.n_bytes,
-                kind="child",
                 operator="split_slerp" if child.parent_b is not None else "mutation",
-                parent_a_id=model_id(child.parent_a),
-                parent_b_id=None if child.parent_b is None else model_id(child.parent_b),
+                parent_a=parent(child.parent_a),
+                parent_b=None if child.parent_b is None else parent(child.parent_b),
                 split_point=child.split_point,
                 mixing_ratio=child.mixing_ratio,
                 source="m2n2 evolver",
             )
-            child.model_id, child.recorded_now = model.id, True
-            known[child.sha256] = model
+        known.update(zip(rows, store.add_children(session, list(rows.values())), strict=True))
+        for child in children:
+            child.model_id, child.recorded_now = known[child.sha256], child.sha256 in rows
+
+    def _survivors(
+        self, session: Session, state: ArchiveState, loaded: tuple[int | None, ...]
+    ) -> tuple[dict[int, Child], bool]:
+        """The children of this tick to put into archive slots, and whether the stored archive is as loaded.
+
+        A slot a registration took meanwhile keeps its model, and so does one whose child's weights
+        already hold another slot.
+        """
         stored = {slot: model.id for slot, model in store.archive(session).items()}
-        point_ids = state.points.point_ids
+        survivors: dict[int, Child] = {}
         consistent = True
         for slot, member in enumerate(state.members):
             if not isinstance(member, Child) or stored.get(slot) == member.model_id:
                 continue
             if stored.get(slot) != loaded[slot] or member.model_id in stored.values():
-                consistent = False  # a registration took this slot, or these weights already hold another
+                consistent = False
                 continue
-            # the file must be durable before any archive row points at it
-            artifact = self.runtime.artifacts.write_tensors(state.space, state.space.unflatten(member.flat).items())
-            assert artifact.sha256 == member.sha256, "safetensors_digest and the artifact writer disagree"
-            store.set_slot(session, slot, member.model_id)
+            survivors[slot] = member
             stored[slot] = member.model_id
-            store.add_scores(
-                session,
-                member.model_id,
-                dict(zip(point_ids, member.scores.tolist(), strict=True)),
-                new_model=member.recorded_now,
-            )
-        state.members = [model_id(m) if m is not None else None for m in state.members]
-        return consistent
+        return survivors, consistent
 
-    def _best_model_id(self, state: ArchiveState) -> int:
-        member = state.members[state.archive.best_index()]
-        return member if isinstance(member, int) else member.model_id
+    def _offer_best(self, state: ArchiveState) -> Outcome | None:
+        """Offer the archive's best member to the gate, with the weights already in memory."""
+        best = state.archive.best_index()
+        return self._gatekeeper.offer(_model_id(state.members[best]), state.archive.genomes[best])
 
     def _export_archive_metrics(self, state: ArchiveState) -> None:
         archive = state.archive

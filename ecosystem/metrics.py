@@ -58,6 +58,12 @@ REGISTERED_MODELS = Counter(
 SERVED_VERSION = Gauge(
     "m2n2_served_model_version", "Champion version served by each worker.", ["worker"], multiprocess_mode="liveall"
 )
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+PREDICT_BATCH_SIZE = Histogram(
+    "m2n2_predict_batch_size",
+    "Inputs per batch run by a serving worker (adaptive batching).",
+    buckets=BATCH_SIZE_BUCKETS,
+)
 LAST_HOT_SWAP_SECONDS = Gauge(
     "m2n2_last_hot_swap_seconds", "How long each worker's last hot swap took.", ["worker"], multiprocess_mode="liveall"
 )

@@ -8,12 +8,13 @@ transaction that makes it.
 import logging
 from dataclasses import dataclass
 
+import torch
 from sqlalchemy.orm import Session
 
 from ecosystem import gate, metrics, scoring, store
 from ecosystem.db import begin_write
 from ecosystem.errors import Conflict
-from ecosystem.orm import ChampionEvent, Model
+from ecosystem.orm import Champion, ChampionEvent, Model
 from ecosystem.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -30,33 +31,104 @@ class Outcome:
 
 def after_tick(runtime: Runtime, candidate_id: int, actor: str = "evolver") -> Outcome | None:
     """Offer the archive's best member to the gate; None when it already is the champion."""
-    settings = runtime.settings.promotion
-    with runtime.sessions() as session:
-        begin_write(session)  # reads, then moves the pointer: hold the SQLite write lock throughout
-        candidate = store.get_model(session, candidate_id)
-        current = store.champion(session)
-        if current is None:
-            store.set_champion(
-                session, candidate.id, "initial", actor, reason="first champion: the archive's best member"
-            )
-            session.commit()
-            export_champion_scores(session, runtime)
-            return Outcome("initial", candidate.id, "first champion")
-        if current.model_id == candidate.id:
-            return None
-        points = scoring.gate_set(session)
+    return Gatekeeper(runtime, actor).offer(candidate_id)
+
+
+@dataclass(frozen=True)
+class _Gate:
+    """The gate points of one check, and an evaluator of all of them (built once per gate set)."""
+
+    point_ids: tuple[int, ...]
+    points: scoring.PointSet
+    evaluate: scoring.FlatEvaluator
+
+
+class Gatekeeper:
+    """``after_tick`` for a caller that offers candidates again and again: the evolver, after every tick.
+
+    A decision depends only on the candidate, the champion (model and version) and the gate points, since
+    a stored score never changes: the same question gets the remembered answer without reading or scoring
+    anything. The gate set, with its evaluator, is loaded again only when its points change.
+    """
+
+    def __init__(self, runtime: Runtime, actor: str = "evolver") -> None:
+        self.runtime = runtime
+        self.actor = actor
+        self._gate: _Gate | None = None
+        self._last: tuple[tuple[int, int, int, tuple[int, ...]], Outcome] | None = None
+        self._exported_version: int | None = None  # champion version whose gate scores the gauges hold
+
+    def offer(self, candidate_id: int, flat: torch.Tensor | None = None) -> Outcome | None:
+        """Let a candidate (``flat``: its weights, when the caller holds them) challenge the champion.
+
+        None when it already is the champion; otherwise the first champion, a promotion or "kept".
+        """
+        outcome = self._decide(candidate_id, flat)
+        self._export_if_moved()
+        return outcome
+
+    def _export_if_moved(self) -> None:
+        """Export the champion's gate scores when its version moved since the last export, whoever moved it.
+
+        So the evolver's gauge follows promotions and rollbacks made over HTTP or on the command line too.
+        """
+        with self.runtime.sessions() as session:
+            current = store.champion(session)
+            if current is not None and current.version != self._exported_version:
+                export_champion_scores(session, self.runtime)
+                self._exported_version = current.version
+
+    def _decide(self, candidate_id: int, flat: torch.Tensor | None) -> Outcome | None:
+        with self.runtime.sessions() as session:
+            begin_write(session)  # reads, then moves the pointer: hold the SQLite write lock throughout
+            candidate = store.get_model(session, candidate_id)
+            current = store.champion(session)
+            if current is None:
+                return self._first_champion(session, candidate)
+            if current.model_id == candidate.id:
+                return None
+            point_ids = tuple(store.gate_point_ids(session))
+            key = (candidate.id, current.model_id, current.version, point_ids)
+            if self._last is not None and self._last[0] == key:
+                return self._last[1]  # nothing the decision depends on has changed
+            outcome = self._challenge(session, candidate, current, self._gate_for(session, point_ids), flat)
+            self._last = (key, outcome)
+            return outcome
+
+    def _first_champion(self, session: Session, candidate: Model) -> Outcome:
+        """No champion yet: the candidate becomes the first, without a comparison."""
+        store.set_champion(
+            session, candidate.id, "initial", self.actor, reason="first champion: the archive's best member"
+        )
+        session.commit()
+        return Outcome("initial", candidate.id, "first champion")
+
+    def _gate_for(self, session: Session, point_ids: tuple[int, ...]) -> _Gate:
+        """The gate set with these point ids: the remembered one, or loaded (and an evaluator built) anew."""
+        if self._gate is None or self._gate.point_ids != point_ids:
+            points = scoring.gate_set(session)
+            family, config, space = self.runtime.family(session)
+            self._gate = _Gate(tuple(points.point_ids), points, scoring.evaluator(family, config, space, points))
+        return self._gate
+
+    def _challenge(
+        self, session: Session, candidate: Model, current: Champion, gate_set: _Gate, flat: torch.Tensor | None
+    ) -> Outcome:
+        """Score both on the gate points (storing new scores), test the difference, promote if it holds."""
+        settings = self.runtime.settings.promotion
+        points = gate_set.points
         incumbent = store.get_model(session, current.model_id)
-        challenger_scores = scoring.model_scores(session, runtime, candidate, points)
-        incumbent_scores = scoring.model_scores(session, runtime, incumbent, points)
+        challenger_scores = scoring.model_scores(session, self.runtime, candidate, points, flat, gate_set.evaluate)
+        incumbent_scores = scoring.model_scores(session, self.runtime, incumbent, points, evaluate=gate_set.evaluate)
         decision = gate.decide(
             challenger_scores, incumbent_scores, settings.margin, settings.significance, settings.min_gate_points
         )
         if decision.promote:
-            _move(session, candidate, "promote", actor, decision.reason, incumbent_scores, challenger_scores, decision)
+            evidence = (incumbent_scores, challenger_scores, decision)
+            _move(session, candidate, "promote", self.actor, decision.reason, *evidence)
             metrics.PROMOTIONS.inc()
         session.commit()  # also keeps the gate scores just computed
         if decision.promote:
-            export_champion_scores(session, runtime)
             log.info("promoted %s: %s", candidate.name, decision.reason)
         return Outcome("promote" if decision.promote else "kept", candidate.id, decision.reason)
 

@@ -76,19 +76,30 @@ def evaluator(family: Family, config: dict[str, Any], space: ParamSpace, points:
 
 
 def model_scores(
-    session: Session, runtime: Runtime, model: Model, points: PointSet, flat: torch.Tensor | None = None
+    session: Session,
+    runtime: Runtime,
+    model: Model,
+    points: PointSet,
+    flat: torch.Tensor | None = None,
+    evaluate: FlatEvaluator | None = None,
 ) -> torch.Tensor:
-    """A stored model's scores on ``points`` (shape (len(points),)), scoring and storing only missing ones."""
+    """A stored model's scores on ``points`` (shape (len(points),)), scoring and storing only missing ones.
+
+    ``flat`` is the model's weights when the caller holds them (else they are read from its artifact);
+    ``evaluate`` an ``evaluator`` of all of ``points``, used when the model has no score on any of them, so
+    a caller that checks many models on the same points builds it once.
+    """
     ids = points.point_ids
     cached = store.scores_for(session, [model.id], ids)
     missing = {p for p in ids if (model.id, p) not in cached}
     if missing:
         family, config, space = runtime.family(session)
-        subset = points.only(missing)
+        subset = points if len(missing) == len(ids) else points.only(missing)
+        if evaluate is None or subset is not points:
+            evaluate = evaluator(family, config, space, subset)
         if flat is None:
             flat = runtime.flat(model, space)
-        new = evaluator(family, config, space, subset)(flat)
-        fresh = dict(zip(subset.point_ids, new.tolist(), strict=True))
+        fresh = dict(zip(subset.point_ids, evaluate(flat).tolist(), strict=True))
         store.add_scores(session, model.id, fresh)
         cached.update(((model.id, p), s) for p, s in fresh.items())
     return torch.tensor([cached[(model.id, p)] for p in ids], dtype=torch.float32)

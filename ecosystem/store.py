@@ -6,11 +6,13 @@ No function here opens a session or commits: the caller owns the transaction, so
 
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from ecosystem.errors import Conflict, InvalidInput, NotFound
@@ -34,6 +36,7 @@ from m2n2.checkpoint import DTYPE_NAMES, DTYPES
 from m2n2.space import ParamSpace
 
 IN_CHUNK = 500  # ids per IN (...) list, far below SQLite's and PostgreSQL's bound-parameter limits
+SQLITE_ROWS_PER_INSERT = 333  # 3 parameters a row: 999, the bound-parameter limit of SQLite before 3.32
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # Task names go into URLs and metric labels, and never contain the newline that ends them in a content hash.
 _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -120,25 +123,12 @@ def add_model(
     licence: str | None = None,
 ) -> Model:
     """Record a model whose weights are stored as artifact ``sha256``; its generation follows from its parents."""
-    if not name or len(name) > 200 or name.isdigit() or name != name.strip():
-        raise InvalidInput(f"model name {name!r} must be 1-200 characters, not only digits, no outer spaces")
-    if not _SHA256.fullmatch(sha256):
-        raise InvalidInput(f"sha256 {sha256!r} is not 64 lowercase hex digits")
-    if n_bytes < 0:
-        raise InvalidInput(f"n_bytes is {n_bytes}; it cannot be negative")
-    if kind not in KINDS:
-        raise InvalidInput(f"kind {kind!r} is not one of {', '.join(KINDS)}")
-    if not operator or len(operator) > 50:
-        raise InvalidInput(f"operator {operator!r} must be 1-50 characters")
+    _check_model(name, sha256, n_bytes, kind, operator, split_point, mixing_ratio)
     parent_ids = [p for p in (parent_a_id, parent_b_id) if p is not None]
     if kind == "specialist" and parent_ids:
         raise InvalidInput("a specialist has no parents; record merged models with kind='child'")
     if kind == "child" and parent_a_id is None:
         raise InvalidInput("a child needs parent_a_id (and parent_b_id when it has two parents)")
-    if split_point is not None and split_point < 0:
-        raise InvalidInput(f"split_point is {split_point}; it is a parameter index, so >= 0")
-    if mixing_ratio is not None and not 0 <= mixing_ratio <= 1:
-        raise InvalidInput(f"mixing_ratio is {mixing_ratio}; it must lie in [0, 1]")
     if (same_name := session.scalar(select(Model).where(Model.name == name))) is not None:
         raise Conflict(f"a model named {name!r} already exists (id {same_name.id})")
     if (same_weights := find_model_by_sha(session, sha256)) is not None:
@@ -162,6 +152,134 @@ def add_model(
     session.add(model)
     session.flush()
     return model
+
+
+def _check_model(
+    name: str,
+    sha256: str,
+    n_bytes: int,
+    kind: str,
+    operator: str,
+    split_point: int | None,
+    mixing_ratio: float | None,
+) -> None:
+    """The checks every model row passes, one at a time (``add_model``) or a tick's children at once."""
+    if not name or len(name) > 200 or name.isdigit() or name != name.strip():
+        raise InvalidInput(f"model name {name!r} must be 1-200 characters, not only digits, no outer spaces")
+    if not _SHA256.fullmatch(sha256):
+        raise InvalidInput(f"sha256 {sha256!r} is not 64 lowercase hex digits")
+    if n_bytes < 0:
+        raise InvalidInput(f"n_bytes is {n_bytes}; it cannot be negative")
+    if kind not in KINDS:
+        raise InvalidInput(f"kind {kind!r} is not one of {', '.join(KINDS)}")
+    if not operator or len(operator) > 50:
+        raise InvalidInput(f"operator {operator!r} must be 1-50 characters")
+    if split_point is not None and split_point < 0:
+        raise InvalidInput(f"split_point is {split_point}; it is a parameter index, so >= 0")
+    if mixing_ratio is not None and not 0 <= mixing_ratio <= 1:
+        raise InvalidInput(f"mixing_ratio is {mixing_ratio}; it must lie in [0, 1]")
+
+
+@dataclass(frozen=True, eq=False)
+class NewChild:
+    """A merged model for ``add_children``.
+
+    A parent is a stored model's id, or a ``NewChild`` earlier in the same call: an evolver tick admits
+    children of its own children before any of them has a row. Compared by identity, like the rows it becomes.
+    """
+
+    name: str
+    sha256: str
+    n_bytes: int
+    operator: str
+    parent_a: "int | NewChild"
+    parent_b: "int | NewChild | None" = None
+    split_point: int | None = None
+    mixing_ratio: float | None = None
+    source: str | None = None
+
+
+def add_children(session: Session, children: Sequence[NewChild]) -> list[int]:
+    """Record merged models (kind ``child``) with one multi-row insert; returns their ids, in order.
+
+    The checks and the generations are those of ``add_model``, done for the whole batch with a few queries
+    instead of several per child: the evolver records hundreds per tick. The ids are reserved first (a
+    PostgreSQL sequence; on SQLite, above the largest id, which needs the write lock: ``begin_write``), so
+    a child of a child of this batch gets its parent's id without a round trip per row.
+    """
+    if not children:
+        return []
+    for c in children:
+        _check_model(c.name, c.sha256, c.n_bytes, "child", c.operator, c.split_point, c.mixing_ratio)
+    _check_unique_names_and_hashes(session, children)
+    generations = _stored_generations(session, children)
+    for child in children:
+        parents = [p for p in (child.parent_a, child.parent_b) if p is not None]
+        if any(p not in generations for p in parents):  # stored parents are all there: a NewChild is missing
+            raise InvalidInput(f"child {child.name!r} names a parent that is not earlier in the same batch")
+        generations[child] = 1 + max(generations[p] for p in parents)
+    ids = dict(zip(children, _reserve_model_ids(session, len(children)), strict=True))
+    session.execute(insert(Model.__table__), [_child_row(c, ids, generations[c]) for c in children])
+    return [ids[c] for c in children]
+
+
+def _check_unique_names_and_hashes(session: Session, children: Sequence[NewChild]) -> None:
+    """Conflict when a name or a weight hash repeats within the batch or is already stored."""
+    for label, column, values in (
+        ("named", Model.name, [c.name for c in children]),
+        ("with weights", Model.sha256, [c.sha256 for c in children]),
+    ):
+        if repeated := [v for v, n in Counter(values).items() if n > 1]:
+            raise Conflict(f"two children of the batch are {label} {repeated[0]!r}")
+        for chunk in _chunks(sorted(values)):
+            clash = session.execute(select(Model.id, column).where(column.in_(chunk)).limit(1)).first()
+            if clash is not None:
+                raise Conflict(f"a model {label} {clash[1]!r} already exists (id {clash[0]})")
+
+
+def _stored_generations(session: Session, children: Sequence[NewChild]) -> dict[int | NewChild, int]:
+    """The generations of the stored parents the batch names; NotFound for a parent id that is not stored."""
+    wanted = sorted({p for c in children for p in (c.parent_a, c.parent_b) if isinstance(p, int)})
+    found: dict[int | NewChild, int] = {}
+    for chunk in _chunks(wanted):
+        query = select(Model.id, Model.generation).where(Model.id.in_(chunk))
+        found.update((model_id, generation) for model_id, generation in session.execute(query))
+    if missing := [p for p in wanted if p not in found]:
+        raise NotFound(f"no model with id {missing[0]}")
+    return found
+
+
+def _reserve_model_ids(session: Session, n: int) -> list[int]:
+    """``n`` fresh model ids that no other writer gets."""
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        query = "SELECT nextval(pg_get_serial_sequence('models', 'id')) FROM generate_series(1, %(n)s)"
+        return list(connection.exec_driver_sql(query, {"n": n}).scalars())
+    # SQLite (no AUTOINCREMENT): new rows take the largest id + 1 anyway, and the write lock keeps it ours.
+    start = session.scalar(select(func.coalesce(func.max(Model.id), 0))) + 1
+    return list(range(start, start + n))
+
+
+def _child_row(child: NewChild, ids: Mapping[NewChild, int], generation: int) -> dict[str, Any]:
+    """The ``models`` row of a child, its parents in the batch replaced by their reserved ids."""
+
+    def parent_id(parent: "int | NewChild | None") -> int | None:
+        return ids[parent] if isinstance(parent, NewChild) else parent
+
+    return {
+        "id": ids[child],
+        "name": child.name,
+        "sha256": child.sha256,
+        "n_bytes": child.n_bytes,
+        "kind": "child",
+        "operator": child.operator,
+        "parent_a_id": parent_id(child.parent_a),
+        "parent_b_id": parent_id(child.parent_b),
+        "split_point": child.split_point,
+        "mixing_ratio": child.mixing_ratio,
+        "generation": generation,
+        "source": child.source,
+    }
 
 
 def get_model(session: Session, model_id: int) -> Model:
@@ -297,6 +415,20 @@ def gate_points(session: Session, task: Task, limit: int | None = None) -> list[
     return _newest(session, task, "gate", limit)
 
 
+def gate_point_ids(session: Session) -> list[int]:
+    """Every task's gate point ids, task by task (by name), oldest first: the order of ``scoring.gate_set``.
+
+    A cheap check of whether the gate set moved, without loading the points.
+    """
+    query = (
+        select(DataPoint.id)
+        .join(Task, DataPoint.task_id == Task.id)
+        .where(DataPoint.pool == "gate")
+        .order_by(Task.name, DataPoint.id)
+    )
+    return list(session.scalars(query))
+
+
 def count_points(session: Session, task: Task) -> dict[str, int]:
     """How many points each pool of a task holds."""
     query = select(DataPoint.pool, func.count()).where(DataPoint.task_id == task.id).group_by(DataPoint.pool)
@@ -334,6 +466,49 @@ def add_scores(session: Session, model_id: int, scores: Mapping[int, float], new
     ``new_model=True`` says the model was created in this transaction and has no scores yet, so the
     lookups are skipped (the foreign keys still reject unknown points): the evolver stores thousands.
     """
+    return add_scores_of(session, {model_id: scores}, new_models=new_model)
+
+
+def add_scores_of(session: Session, scores: Mapping[int, Mapping[int, float]], new_models: bool = False) -> int:
+    """``add_scores`` for several models (``{model_id: {point_id: score}}``), inserted together.
+
+    The evolver stores every survivor of a tick at once; ``new_models=True`` as in ``add_scores``.
+    """
+    rows: list[tuple[int, int, float]] = []
+    for model_id, model_scores in scores.items():
+        checked = _checked_scores(model_scores)
+        point_ids = sorted(checked)
+        have = set() if new_models else _stored_score_points(session, model_id, point_ids)
+        rows.extend((model_id, p, checked[p]) for p in point_ids if p not in have)
+    if rows:
+        _insert_scores(session, rows)
+    return len(rows)
+
+
+def _insert_scores(session: Session, rows: list[tuple[int, int, float]]) -> None:
+    """Insert (model_id, point_id, score) rows through the driver, in as few statements as the backend allows.
+
+    SQLAlchemy's per-row parameter processing costs ~20 us a row, and the evolver stores tens of thousands a tick.
+    """
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        # One statement over three arrays: psycopg's executemany runs the statement once per row (~40% slower).
+        columns = tuple(map(list, zip(*rows, strict=True)))
+        connection.exec_driver_sql(
+            "INSERT INTO scores (model_id, point_id, score)"
+            " SELECT * FROM unnest(%s::integer[], %s::integer[], %s::double precision[])",
+            columns,
+        )
+    else:  # multi-row VALUES: sqlite3's executemany spends ~30% more per row
+        for chunk in _chunks(rows, SQLITE_ROWS_PER_INSERT):
+            values = ", ".join(["(?, ?, ?)"] * len(chunk))
+            connection.exec_driver_sql(
+                f"INSERT INTO scores (model_id, point_id, score) VALUES {values}", tuple(chain.from_iterable(chunk))
+            )
+
+
+def _checked_scores(scores: Mapping[int, float]) -> dict[int, float]:
+    """Scores as floats; InvalidInput naming the first that is not a number in [0, 1]."""
     checked: dict[int, float] = {}
     for point_id, score in scores.items():
         try:
@@ -343,27 +518,22 @@ def add_scores(session: Session, model_id: int, scores: Mapping[int, float], new
         if not 0 <= value <= 1:  # also rejects NaN
             raise InvalidInput(f"score for point {point_id} is {value}; scores lie in [0, 1]")
         checked[point_id] = value
-    ids = sorted(checked)
+    return checked
+
+
+def _stored_score_points(session: Session, model_id: int, point_ids: Sequence[int]) -> set[int]:
+    """Which of ``point_ids`` the model already has scores for; NotFound for an unknown model or point."""
+    get_model(session, model_id)
+    known: set[int] = set()
     have: set[int] = set()
-    if not new_model:
-        get_model(session, model_id)
-        known: set[int] = set()
-        for chunk in _chunks(ids):
-            known.update(session.scalars(select(DataPoint.id).where(DataPoint.id.in_(chunk))))
-            have.update(
-                session.scalars(select(Score.point_id).where(Score.model_id == model_id, Score.point_id.in_(chunk)))
-            )
-        if missing := [p for p in ids if p not in known]:
-            raise NotFound(f"no data points with ids {missing[:10]}{' ...' if len(missing) > 10 else ''}")
-    rows = [(model_id, p, checked[p]) for p in ids if p not in have]
-    if rows:
-        connection = session.connection()
-        mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"  # sqlite3 / psycopg placeholders
-        # the driver's executemany: SQLAlchemy's per-row parameter processing costs ~20 us a row here
-        connection.exec_driver_sql(
-            f"INSERT INTO scores (model_id, point_id, score) VALUES ({mark}, {mark}, {mark})", rows
+    for chunk in _chunks(point_ids):
+        known.update(session.scalars(select(DataPoint.id).where(DataPoint.id.in_(chunk))))
+        have.update(
+            session.scalars(select(Score.point_id).where(Score.model_id == model_id, Score.point_id.in_(chunk)))
         )
-    return len(rows)
+    if missing := [p for p in point_ids if p not in known]:
+        raise NotFound(f"no data points with ids {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+    return have
 
 
 def models_by_sha(session: Session, hashes: Iterable[str]) -> dict[str, Model]:
@@ -403,6 +573,37 @@ def set_slot(session: Session, slot: int, model_id: int | None) -> None:
     else:
         row.model_id, row.updated_at = model_id, utcnow()
     session.flush()
+
+
+def set_slots(session: Session, members: Mapping[int, int]) -> None:
+    """Put models into archive slots at once (``{slot: model_id}``): the survivors of an evolver tick.
+
+    The rules of ``set_slot``, judged on the archive as it will be: every slot lies inside the archive,
+    every model is stored, and no model holds two slots. The slots' rows are replaced with one DELETE and
+    one multi-row INSERT, so swapping members between the given slots is fine.
+    """
+    if not members:
+        return
+    size = get_ecosystem(session).archive_size
+    if outside := [s for s in members if not 0 <= s < size]:
+        raise InvalidInput(f"slot {outside[0]} is outside the archive (slots 0..{size - 1})")
+    model_ids = sorted(members.values())
+    if repeated := [m for m, n in Counter(model_ids).items() if n > 1]:
+        raise Conflict(f"model {repeated[0]} is given two archive slots")
+    stored: set[int] = set()
+    for chunk in _chunks(model_ids):
+        stored.update(session.scalars(select(Model.id).where(Model.id.in_(chunk))))
+        holders = session.execute(select(ArchiveSlot.slot, ArchiveSlot.model_id).where(ArchiveSlot.model_id.in_(chunk)))
+        for slot, model_id in holders:
+            if slot not in members:
+                raise Conflict(f"model {model_id} already holds archive slot {slot}")
+    if missing := [m for m in model_ids if m not in stored]:
+        raise NotFound(f"no model with id {missing[0]}")
+    # ORM-enabled DELETE: slot objects this session already holds are dropped from its identity map too.
+    session.execute(delete(ArchiveSlot).where(ArchiveSlot.slot.in_(sorted(members))))
+    now = utcnow()
+    rows = [{"slot": slot, "model_id": model_id, "updated_at": now} for slot, model_id in sorted(members.items())]
+    session.execute(insert(ArchiveSlot.__table__), rows)
 
 
 # --- champion ----------------------------------------------------------------------------------------------

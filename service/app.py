@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 from starlette.responses import FileResponse, JSONResponse
 
-from ecosystem import promotion, report, store, tasks
+from ecosystem import metrics, promotion, report, store, tasks
 from ecosystem.db import begin_write
 from ecosystem.errors import InvalidInput
 from ecosystem.orm import ChampionEvent
@@ -138,6 +138,7 @@ class Ecosystem:
         served = self.watcher.current
         if served is None:
             raise ServiceUnavailable("no champion is loaded yet; /readyz turns 200 when one is")
+        metrics.PREDICT_BATCH_SIZE.observe(len(inputs))
         return served, served.predict(inputs)
 
     # -- reading ------------------------------------------------------------------------------------

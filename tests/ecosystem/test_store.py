@@ -66,6 +66,64 @@ def test_add_model_checks_its_input(session, specialist, child):
         store.model_by_name_or_id(session, "nope")
 
 
+def sha(name: str) -> str:
+    """The stand-in artifact hash the ``specialist`` and ``child`` fixtures give a model named ``name``."""
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def _new_child(name: str, parent_a, parent_b=None, **kwargs) -> store.NewChild:
+    fields = {"n_bytes": 1000, "operator": "split_slerp", "split_point": 7, "mixing_ratio": 0.25} | kwargs
+    return store.NewChild(name=name, sha256=sha(name), parent_a=parent_a, parent_b=parent_b, **fields)
+
+
+def test_add_children_records_a_batch_whose_children_have_children(session, specialist):
+    a, b = specialist("math"), specialist("agent")
+    c1 = _new_child("c1", a.id, b.id, split_point=3, mixing_ratio=0.3)
+    c2 = _new_child("c2", c1, b.id, split_point=11, mixing_ratio=0.6)  # a child of a child of the same batch
+    c3 = _new_child("c3", c2, c1, source="m2n2 evolver")
+    mutant = _new_child("mutant", c3, operator="mutation", split_point=None, mixing_ratio=None)
+    ids = store.add_children(session, [c1, c2, c3, mutant])
+    assert store.add_children(session, []) == []
+    session.commit()
+    session.expire_all()
+
+    rows = [store.get_model(session, i) for i in ids]
+    assert [m.name for m in rows] == ["c1", "c2", "c3", "mutant"]
+    assert [m.parent_ids for m in rows] == [(a.id, b.id), (ids[0], b.id), (ids[1], ids[0]), (ids[2],)]
+    assert [m.generation for m in rows] == [1, 2, 3, 4]
+    assert [(m.operator, m.split_point, m.mixing_ratio) for m in rows[1:]] == [
+        ("split_slerp", 11, 0.6),
+        ("split_slerp", 7, 0.25),
+        ("mutation", None, None),
+    ]
+    assert {m.kind for m in rows} == {"child"} and rows[2].source == "m2n2 evolver"
+    assert [m.sha256 for m in rows] == [sha(m.name) for m in rows] and rows[0].created_at.tzinfo is not None
+    assert [x.model.name for x in store.lineage(session, ids[3])] == ["mutant", "c3", "c1", "c2", "math", "agent"]
+    # Ids were reserved, not guessed: rows added one at a time afterwards take fresh ones.
+    assert specialist("later").id > max(ids)
+    assert store.add_children(session, [_new_child("c4", ids[3])])[0] > max(ids)
+
+
+def test_add_children_checks_the_whole_batch_first(session, specialist):
+    a = specialist("math")
+    stored_before = len(store.list_models(session))
+    with pytest.raises(Conflict, match="named 'math'"):
+        store.add_children(session, [_new_child("c1", a.id), store.NewChild("math", sha("m2"), 1, "mutation", a.id)])
+    with pytest.raises(Conflict, match="'c1'"):
+        store.add_children(session, [_new_child("c1", a.id), _new_child("c1", a.id)])
+    with pytest.raises(Conflict, match="with weights"):
+        store.add_children(session, [store.NewChild("c1", a.sha256, 1, "mutation", a.id)])
+    with pytest.raises(NotFound, match="id 999"):
+        store.add_children(session, [_new_child("c1", a.id), _new_child("c2", 999)])
+    with pytest.raises(InvalidInput, match="not earlier in the same batch"):
+        store.add_children(session, [_new_child("c2", _new_child("c1", a.id))])
+    with pytest.raises(InvalidInput, match="mixing_ratio"):
+        store.add_children(session, [_new_child("c1", a.id, mixing_ratio=1.5)])
+    with pytest.raises(InvalidInput, match="digits"):
+        store.add_children(session, [_new_child("42", a.id)])
+    assert len(store.list_models(session)) == stored_before
+
+
 def test_timestamps_read_back_aware_in_utc(session, specialist):
     model_id = specialist("math").id
     session.commit()
@@ -151,6 +209,14 @@ def test_window_is_the_newest_fitness_points_only(session):
     assert [p.id for p in store.gate_points(session, task, limit=2)] == gate[-2:]
 
 
+def test_gate_point_ids_are_the_gate_sets_task_by_task(session):
+    later, earlier = _task(session, "zeta", gate_share=0.5), _task(session, "alpha", gate_share=0.5)
+    store.add_points(session, later, _points(20))
+    store.add_points(session, earlier, _points(20, start=100))
+    expected = [p.id for task in (earlier, later) for p in store.gate_points(session, task)]
+    assert len(expected) > 2 and store.gate_point_ids(session) == expected
+
+
 def test_duplicate_points_are_recognised(session):
     task = _task(session)
     first, _ = store.add_points(session, task, [{"inputs": {"a": 1, "b": 2}, "target": None}, *_points(2)])
@@ -187,6 +253,25 @@ def test_scores_are_written_once(session, specialist):
         store.add_scores(session, b.id, {10**6: 0.5})
 
 
+def test_scores_of_several_models_at_once(session, specialist):
+    a, b = specialist("math"), specialist("agent")
+    stored, _ = store.add_points(session, _task(session), _points(3))
+    ids = [p.id for p in stored]
+    assert store.add_scores(session, a.id, {ids[0]: 1.0}) == 1
+    assert store.add_scores_of(session, {a.id: {ids[0]: 0.0, ids[1]: 0.5}, b.id: {ids[2]: 1}}) == 2
+    assert store.add_scores_of(session, {}) == 0
+    assert store.scores_for(session, [a.id, b.id], ids) == {
+        (a.id, ids[0]): 1.0,  # kept: a score is never re-scored
+        (a.id, ids[1]): 0.5,
+        (b.id, ids[2]): 1.0,
+    }
+    with pytest.raises(InvalidInput, match="not a number"):
+        store.add_scores_of(session, {a.id: {ids[2]: 0.5}, b.id: {ids[0]: "high"}})
+    with pytest.raises(NotFound, match="no model with id 999"):
+        store.add_scores_of(session, {999: {ids[0]: 0.5}})
+    assert len(store.scores_for(session, [a.id, b.id], ids)) == 3  # nothing of a rejected call was stored
+
+
 def test_archive_slots(session, specialist):
     space = ParamSpace([("w", (2,), torch.float32)])
     store.create_ecosystem(session, family="classifier", family_config={}, space=space, archive_size=3)
@@ -202,6 +287,34 @@ def test_archive_slots(session, specialist):
     store.set_slot(session, 2, None)
     store.set_slot(session, 1, a.id)
     assert {slot: m.name for slot, m in store.archive(session).items()} == {0: "c", 1: "a"}
+
+
+def test_archive_slots_set_at_once(session, specialist):
+    space = ParamSpace([("w", (2,), torch.float32)])
+    store.create_ecosystem(session, family="classifier", family_config={}, space=space, archive_size=4)
+    a, b, c, d = specialist("a"), specialist("b"), specialist("c"), specialist("d")
+    store.set_slot(session, 0, a.id)
+    store.set_slot(session, 1, b.id)
+    store.set_slot(session, 2, c.id)
+    store.set_slots(session, {0: b.id, 1: a.id, 3: d.id})  # a swap between given slots, and an empty slot filled
+    store.set_slots(session, {})
+
+    def names() -> dict[int, str]:
+        return {slot: m.name for slot, m in store.archive(session).items()}
+
+    assert names() == {0: "b", 1: "a", 2: "c", 3: "d"}
+    with pytest.raises(Conflict, match="already holds archive slot 2"):
+        store.set_slots(session, {0: c.id})
+    with pytest.raises(Conflict, match="two archive slots"):
+        store.set_slots(session, {0: d.id, 3: d.id})
+    with pytest.raises(InvalidInput, match=r"slots 0\.\.3"):
+        store.set_slots(session, {0: a.id, 4: b.id})
+    with pytest.raises(NotFound, match="id 999"):
+        store.set_slots(session, {0: 999})
+    assert names() == {0: "b", 1: "a", 2: "c", 3: "d"}
+    store.set_slot(session, 2, None)
+    store.set_slots(session, {1: c.id, 2: a.id})
+    assert names() == {0: "b", 1: "c", 2: "a", 3: "d"}
 
 
 def test_champion_promotion_and_rollback_history(session, specialist):
