@@ -20,7 +20,6 @@ from typing import Annotated, Any, TypeVar
 
 import bentoml
 import torch
-from bentoml.exceptions import ServiceUnavailable
 from bentoml.validators import ContentType
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
@@ -38,7 +37,7 @@ from ecosystem.specialists import register as register_specialist
 from service.auth import BearerAuth, admin_token
 from service.batching import GreedyBatcher
 from service.champion import ChampionWatcher, Served
-from service.errors import answers_errors
+from service.errors import answers_errors, error_response
 from service.evolver import EvolverService
 from service.http import VERSION_HEADER, BodyLimit, InvalidInputStatus, OpenAPIErrors
 from service.schemas import (
@@ -127,6 +126,8 @@ class Ecosystem:
         self, inputs: Annotated[list[Features], Field(min_length=1, max_length=CONFIG.max_batch_size)]
     ) -> list[Prediction]:
         """Classify each input with the champion: label, class probabilities and the version that answered."""
+        if self.watcher.current is None:  # once set, never unset: later batches always find a champion
+            return error_response(503, "no champion is loaded yet; /readyz answers 200 once one is")
         served, outputs = await self.batcher.submit(inputs)
         body = [{**o, "model": served.model_name, "model_version": served.version} for o in outputs]
         # Answered as a plain JSON response: BentoML would rebuild the JSON schema of list[Prediction] for
@@ -136,8 +137,6 @@ class Ecosystem:
     def _predict_batch(self, inputs: list) -> tuple[Served, list[dict[str, Any]]]:
         """One batch on the champion as it is now: a swap during the batch does not touch it."""
         served = self.watcher.current
-        if served is None:
-            raise ServiceUnavailable("no champion is loaded yet; /readyz turns 200 when one is")
         metrics.PREDICT_BATCH_SIZE.observe(len(inputs))
         return served, served.predict(inputs)
 

@@ -37,7 +37,8 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "Server":
+    def start(self, until: str = "/readyz") -> "Server":
+        """Start ``bentoml serve`` and wait until ``until`` answers 200 (``/livez``: up, champion or not)."""
         env = {**os.environ, "M2N2_DATA_DIR": str(self.data_dir), "BENTOML_PORT": str(self.port), **self.env}
         env = {k: v for k, v in env.items() if v is not None and k != "PROMETHEUS_MULTIPROC_DIR"}
         with self.log_path.open("ab") as log:
@@ -49,22 +50,22 @@ class Server:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stop() reaches every worker
             )
-        self.wait_ready()
+        self.wait_for(until)
         return self
 
-    def wait_ready(self) -> None:
+    def wait_for(self, route: str = "/readyz") -> None:
         deadline = time.monotonic() + STARTUP_SECONDS
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"bentoml serve exited with {self.process.returncode}:\n{self.log()[-4000:]}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{route}", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
         self.stop()
-        raise RuntimeError(f"the service was not ready within {STARTUP_SECONDS} s:\n{self.log()[-4000:]}")
+        raise RuntimeError(f"{route} did not answer 200 within {STARTUP_SECONDS} s:\n{self.log()[-4000:]}")
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -86,7 +87,7 @@ class Server:
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
 
-def serve(workdir: Path, target: str = Server.target, **env: str | None) -> Server:
+def serve(workdir: Path, target: str = Server.target, until: str = "/readyz", **env: str | None) -> Server:
     """Start a server whose data directory, BentoML home and log live in ``workdir``; it evolves only when asked.
 
     ``env`` adds or (with None) removes environment variables; a built Bento's tag as ``target``
@@ -99,4 +100,4 @@ def serve(workdir: Path, target: str = Server.target, **env: str | None) -> Serv
         "BENTOML_HOME": str(workdir / "bentoml"),
     }
     cwd = ROOT if target == Server.target else workdir
-    return Server(workdir / "data", {**defaults, **env}, workdir / "serve.log", target, cwd).start()
+    return Server(workdir / "data", {**defaults, **env}, workdir / "serve.log", target, cwd).start(until)

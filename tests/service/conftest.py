@@ -12,9 +12,9 @@ from service.process import Server
 TOKEN = "test-admin-token"
 
 
-def serve(tmp: Path, target: str = Server.target, **env: str | None) -> Server:
+def serve(tmp: Path, target: str = Server.target, until: str = "/readyz", **env: str | None) -> Server:
     """A server on a fresh data directory with the test token (the evolver builds the digits demo first)."""
-    return process.serve(tmp, target, **{"M2N2_ADMIN_TOKEN": TOKEN, **env})
+    return process.serve(tmp, target, until, **{"M2N2_ADMIN_TOKEN": TOKEN, **env})
 
 
 @pytest.fixture(scope="session")

@@ -34,3 +34,16 @@ def test_generated_token_and_restart_keep_the_ecosystem(tmp_path: Path, start_se
         assert token_file.read_text().strip() == token and server.log().count(token) == 1
     finally:
         server.stop()
+
+
+def test_not_ready_without_a_champion(tmp_path: Path, start_server) -> None:
+    """An empty store and no demo: the workers live, but are not ready and refuse predictions."""
+    server = start_server(tmp_path, until="/livez", M2N2_SERVICE__INIT_DEMO="false")
+    try:
+        with server.client() as c:
+            assert c.get("/livez").status_code == 200
+            assert c.get("/readyz").status_code == 503
+            response = c.post("/predict", json={"inputs": [[0.0] * 64]})
+            assert response.status_code == 503 and "no champion" in response.text
+    finally:
+        server.stop()
