@@ -62,10 +62,10 @@ class ChampionWatcher:
             model = store.get_model(session, model_id)
             family, config, _ = self.runtime.family(session)
         module = family.build(config, self.runtime.state_dict(model))
-        smoke = family.predict(module, family.smoke_inputs(config))
-        if not _finite(smoke):
+        smoke_inputs = family.smoke_inputs(config)
+        if not _finite(family.predict(module, smoke_inputs)):
             raise SmokeTestFailed(f"model {model.name!r} (version {version}) gave a non-finite smoke output")
-        self.input_width = len(family.smoke_inputs(config)[0])
+        self.input_width = len(smoke_inputs[0])
         return Served(version, model.id, model.name, family, module)
 
     async def refresh(self) -> bool:
