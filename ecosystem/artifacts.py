@@ -4,19 +4,18 @@ Every file is written under ``<root>/tmp`` first, fsynced, then renamed into pla
 a partial file. Only safetensors headers are ever parsed; nothing is unpickled.
 """
 
-import hashlib
 import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ecosystem.errors import InvalidInput
-from m2n2.checkpoint import fsync_dir, read_header, safetensors_chunks
+from m2n2.checkpoint import fsync_dir, publish, read_header, safetensors_chunks, sha256_file, write_chunks
 from m2n2.space import ParamSpace
 
 CHUNK_BYTES = 1024 * 1024
@@ -63,20 +62,11 @@ class ArtifactStore:
         Raises ``InvalidInput`` past ``max_bytes`` (checked while copying) and ``m2n2.InvalidCheckpoint``
         when the copy is not a well-formed safetensors file.
         """
-        fd, tmp = self._temp()
+        tmp = self._temp()
         try:
-            digest, n_bytes = hashlib.sha256(), 0
-            with os.fdopen(fd, "wb") as out, open(src, "rb") as source:
-                while chunk := source.read(CHUNK_BYTES):
-                    n_bytes += len(chunk)
-                    if max_bytes is not None and n_bytes > max_bytes:
-                        raise InvalidInput(f"{Path(src).name} is larger than the {max_bytes}-byte limit")
-                    digest.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
+            sha256, n_bytes = write_chunks(tmp, _read_chunks(Path(src), max_bytes))
             read_header(tmp)  # the copy, not the source: what is checked is what is stored
-            return self._commit(tmp, digest.hexdigest(), n_bytes)
+            return self.adopt(tmp, sha256, n_bytes)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -86,29 +76,47 @@ class ArtifactStore:
         tensors: Iterable[tuple[str, torch.Tensor]],
         metadata: Mapping[str, str] | None = None,
     ) -> Artifact:
-        """Stream tensors (in ``space`` order) into a new safetensors artifact.
-
-        The bytes are hashed as they are written, so the file is neither read back nor renamed twice: the
-        evolver writes every surviving child this way.
-        """
-        fd, tmp = self._temp()
+        """Stream tensors (in ``space`` order) into a new safetensors artifact, hashed as they are written."""
+        pending = self.write_pending(space, tensors, metadata)
         try:
-            digest, n_bytes = hashlib.sha256(), 0
-            with os.fdopen(fd, "wb") as out:
-                for chunk in safetensors_chunks(space, tensors, metadata):
-                    digest.update(chunk)
-                    n_bytes += len(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            return self._commit(tmp, digest.hexdigest(), n_bytes)
+            return self.adopt(pending.path, pending.sha256, pending.n_bytes)
         finally:
+            pending.path.unlink(missing_ok=True)
+
+    def write_pending(
+        self,
+        space: ParamSpace,
+        tensors: Iterable[tuple[str, torch.Tensor]],
+        metadata: Mapping[str, str] | None = None,
+    ) -> Artifact:
+        """Stream tensors into a durable file under ``tmp`` that ``adopt`` can later move into the store.
+
+        The evolver writes every child this way: a rejected child's file is deleted, an admitted one is
+        renamed into place, never copied.
+        """
+        tmp = self._temp()
+        try:
+            sha256, n_bytes = write_chunks(tmp, safetensors_chunks(space, tensors, metadata))
+        except BaseException:
             tmp.unlink(missing_ok=True)
+            raise
+        return Artifact(sha256, tmp, n_bytes, created=False)
+
+    def adopt(self, tmp: Path, sha256: str, n_bytes: int) -> Artifact:
+        """Move a finished file (written and fsynced under ``tmp``) to its content address."""
+        dest = self.path_for(sha256)
+        if dest.is_file():
+            return Artifact(sha256, dest, dest.stat().st_size, created=False)
+        if not dest.parent.is_dir():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fsync_dir(dest.parent.parent)
+        publish(tmp, dest, 0o444)  # read-only: a file named by its hash never changes
+        return Artifact(sha256, dest, n_bytes, created=True)
 
     def verify(self, sha256: str) -> bool:
         """Re-hash the stored file: False when it is missing or its bytes no longer match its name."""
         path = self.path_for(sha256)
-        return path.is_file() and _hash_file(path)[0] == sha256
+        return path.is_file() and sha256_file(path)[0] == sha256
 
     def remove(self, sha256: str) -> bool:
         """Delete an artifact; False when there was none."""
@@ -130,28 +138,25 @@ class ArtifactStore:
                 removed += 1
         return removed
 
-    def _temp(self) -> tuple[int, Path]:
+    def list_hashes(self) -> set[str]:
+        """The hashes of every stored artifact."""
+        if not self.artifacts_dir.is_dir():
+            return set()
+        return {p.name.removesuffix(".safetensors") for p in self.artifacts_dir.glob("??/*.safetensors")}
+
+    def _temp(self) -> Path:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="artifact-", suffix=".part")
-        return fd, Path(name)
-
-    def _commit(self, tmp: Path, sha256: str, n_bytes: int) -> Artifact:
-        dest = self.path_for(sha256)
-        if dest.is_file():
-            return Artifact(sha256, dest, dest.stat().st_size, created=False)
-        if not dest.parent.is_dir():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fsync_dir(dest.parent.parent)
-        os.chmod(tmp, 0o444)  # read-only: a file named by its hash never changes
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)  # the rename itself must survive a crash
-        return Artifact(sha256, dest, n_bytes, created=True)
+        os.close(fd)
+        return Path(name)
 
 
-def _hash_file(path: Path) -> tuple[str, int]:
-    digest, n_bytes = hashlib.sha256(), 0
-    with path.open("rb") as f:
+def _read_chunks(src: Path, max_bytes: int | None) -> Iterator[bytes]:
+    """A file's bytes, a chunk at a time, refusing it once past ``max_bytes``."""
+    n_bytes = 0
+    with src.open("rb") as f:
         while chunk := f.read(CHUNK_BYTES):
-            digest.update(chunk)
             n_bytes += len(chunk)
-    return digest.hexdigest(), n_bytes
+            if max_bytes is not None and n_bytes > max_bytes:
+                raise InvalidInput(f"{src.name} is larger than the {max_bytes}-byte limit")
+            yield chunk

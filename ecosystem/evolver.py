@@ -12,35 +12,28 @@ weights. Rows go in a few multi-row statements per tick, not a few per child.
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from sqlalchemy.orm import Session
 
 from ecosystem import metrics, promotion, scoring, store
 from ecosystem.db import begin_write
+from ecosystem.genome_store import GenomeStore, genome_store
 from ecosystem.promotion import Outcome
 from ecosystem.runtime import Runtime
-from m2n2 import M2N2, Archive, EvolutionConfig, FlatGenomes, StepResult
-from m2n2.checkpoint import safetensors_digest
-from m2n2.space import ParamSpace
+from m2n2 import M2N2, Archive, EvolutionConfig, StepResult
 
 log = logging.getLogger(__name__)
-
-
-class TimedGenomes(FlatGenomes):
-    """Flat genomes whose merges are timed into ``m2n2_merge_duration_seconds``."""
-
-    def child(self, *args, **kwargs) -> torch.Tensor:
-        with metrics.MERGE_DURATION.time():
-            return super().child(*args, **kwargs)
 
 
 @dataclass(eq=False)
 class Child:
     """A child admitted during the current tick; ``model_id`` is set once it is recorded."""
 
-    flat: torch.Tensor
+    genome: Any  # a flat vector or a child file, as the ecosystem's genome store holds them
     sha256: str
     n_bytes: int
     parent_a: "int | Child"
@@ -67,8 +60,8 @@ class ArchiveState:
     points: scoring.PointSet
     members: list[Member | None]  # per slot
     archive: Archive
-    evaluate: scoring.FlatEvaluator
-    space: ParamSpace
+    evaluate: scoring.Evaluator
+    genomes: GenomeStore
 
     def key(self) -> tuple[tuple[int, ...], tuple[int | None, ...]]:
         return tuple(self.points.point_ids), tuple(
@@ -109,13 +102,11 @@ class Evolver:
             return self._state
         points = scoring.fitness_set(session)
         family, config, space = self.runtime.family(session)
-        archive = Archive(eco.archive_size, len(points), eco.alpha)
-        members: list[Member | None] = [None] * eco.archive_size
-        for slot, model in slots.items():
-            flat = self.runtime.flat(model, space)
-            archive.put(slot, flat, scoring.model_scores(session, self.runtime, model, points, flat))
-            members[slot] = model.id
-        self._state = ArchiveState(points, members, archive, scoring.evaluator(family, config, space, points), space)
+        genomes = genome_store(self.runtime, family, space)
+        archive, models = scoring.stored_archive(session, self.runtime, points, genomes.load)
+        members: list[Member | None] = [models[s].id if s in models else None for s in range(eco.archive_size)]
+        evaluate = scoring.evaluator(self.runtime, family, config, points)
+        self._state = ArchiveState(points, members, archive, evaluate, genomes)
         return self._state
 
     # -- one tick ------------------------------------------------------------------------
@@ -142,7 +133,7 @@ class Evolver:
             session.commit()
         loaded = state.key()[1]
         config = EvolutionConfig(archive_size=eco.archive_size, alpha=eco.alpha, seed=cfg.seed)
-        evolver = M2N2(self._timed(state.evaluate), config, TimedGenomes(state.space.dim)).resume(
+        evolver = M2N2(self._timed(state.evaluate), config, state.genomes.genomes).resume(
             state.archive, generator_state
         )
         children: list[Child] = []
@@ -182,16 +173,16 @@ class Evolver:
         )
         return report
 
-    def _timed(self, evaluate: scoring.FlatEvaluator) -> scoring.FlatEvaluator:
-        def timed(flat: torch.Tensor) -> torch.Tensor:
+    def _timed(self, evaluate: scoring.Evaluator) -> Callable[[Any], torch.Tensor]:
+        def timed(genome: Any) -> torch.Tensor:
             with metrics.EVALUATION_DURATION.time():
-                return evaluate(flat)
+                return evaluate(genome)
 
         return timed
 
     def _remember(self, result: StepResult, state: ArchiveState) -> Child:
         """Keep an admitted child in memory with its content hash; its file is written only if it survives the tick."""
-        sha256, n_bytes = safetensors_digest(state.space, state.space.unflatten(result.child).items())
+        sha256, n_bytes = state.genomes.digest(result.child)
         parent_b = None if result.parent_b is None else state.members[result.parent_b]
         return Child(
             result.child,
@@ -215,8 +206,8 @@ class Evolver:
         self._record_lineage(session, children)
         survivors, consistent = self._survivors(session, state, loaded)
         for member in survivors.values():  # the file must be durable before any archive row points at it
-            artifact = self.runtime.artifacts.write_tensors(state.space, state.space.unflatten(member.flat).items())
-            assert artifact.sha256 == member.sha256, "safetensors_digest and the artifact writer disagree"
+            artifact = state.genomes.persist(member.genome)
+            assert artifact.sha256 == member.sha256, "the genome's digest and the artifact writer disagree"
         store.set_slots(session, {slot: member.model_id for slot, member in survivors.items()})
         point_ids = state.points.point_ids
         for new in (True, False):  # a model recorded by an earlier tick may already hold some scores

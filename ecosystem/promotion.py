@@ -7,8 +7,8 @@ transaction that makes it.
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
-import torch
 from sqlalchemy.orm import Session
 
 from ecosystem import gate, metrics, scoring, store
@@ -40,7 +40,7 @@ class _Gate:
 
     point_ids: tuple[int, ...]
     points: scoring.PointSet
-    evaluate: scoring.FlatEvaluator
+    evaluate: scoring.Evaluator
 
 
 class Gatekeeper:
@@ -58,12 +58,12 @@ class Gatekeeper:
         self._last: tuple[tuple[int, int, int, tuple[int, ...]], Outcome] | None = None
         self._exported_version: int | None = None  # champion version whose gate scores the gauges hold
 
-    def offer(self, candidate_id: int, flat: torch.Tensor | None = None) -> Outcome | None:
-        """Let a candidate (``flat``: its weights, when the caller holds them) challenge the champion.
+    def offer(self, candidate_id: int, genome: Any = None) -> Outcome | None:
+        """Let a candidate (``genome``: its weights, when the caller holds them) challenge the champion.
 
         None when it already is the champion; otherwise the first champion, a promotion or "kept".
         """
-        outcome = self._decide(candidate_id, flat)
+        outcome = self._decide(candidate_id, genome)
         self._export_if_moved()
         return outcome
 
@@ -78,7 +78,7 @@ class Gatekeeper:
                 export_champion_scores(session, self.runtime)
                 self._exported_version = current.version
 
-    def _decide(self, candidate_id: int, flat: torch.Tensor | None) -> Outcome | None:
+    def _decide(self, candidate_id: int, genome: Any) -> Outcome | None:
         with self.runtime.sessions() as session:
             begin_write(session)  # reads, then moves the pointer: hold the SQLite write lock throughout
             candidate = store.get_model(session, candidate_id)
@@ -91,7 +91,7 @@ class Gatekeeper:
             key = (candidate.id, current.model_id, current.version, point_ids)
             if self._last is not None and self._last[0] == key:
                 return self._last[1]  # nothing the decision depends on has changed
-            outcome = self._challenge(session, candidate, current, self._gate_for(session, point_ids), flat)
+            outcome = self._challenge(session, candidate, current, self._gate_for(session, point_ids), genome)
             self._last = (key, outcome)
             return outcome
 
@@ -107,18 +107,19 @@ class Gatekeeper:
         """The gate set with these point ids: the remembered one, or loaded (and an evaluator built) anew."""
         if self._gate is None or self._gate.point_ids != point_ids:
             points = scoring.gate_set(session)
-            family, config, space = self.runtime.family(session)
-            self._gate = _Gate(tuple(points.point_ids), points, scoring.evaluator(family, config, space, points))
+            family, config, _ = self.runtime.family(session)
+            evaluate = scoring.evaluator(self.runtime, family, config, points)
+            self._gate = _Gate(tuple(points.point_ids), points, evaluate)
         return self._gate
 
     def _challenge(
-        self, session: Session, candidate: Model, current: Champion, gate_set: _Gate, flat: torch.Tensor | None
+        self, session: Session, candidate: Model, current: Champion, gate_set: _Gate, genome: Any
     ) -> Outcome:
         """Score both on the gate points (storing new scores), test the difference, promote if it holds."""
         settings = self.runtime.settings.promotion
         points = gate_set.points
         incumbent = store.get_model(session, current.model_id)
-        challenger_scores = scoring.model_scores(session, self.runtime, candidate, points, flat, gate_set.evaluate)
+        challenger_scores = scoring.model_scores(session, self.runtime, candidate, points, genome, gate_set.evaluate)
         incumbent_scores = scoring.model_scores(session, self.runtime, incumbent, points, evaluate=gate_set.evaluate)
         decision = gate.decide(
             challenger_scores, incumbent_scores, settings.margin, settings.significance, settings.min_gate_points

@@ -4,17 +4,16 @@ Nothing here unpickles or writes. Each refusal is a ``RegistrationRefused`` whos
 names the limit or the tensor, so the uploader knows what to fix.
 """
 
-import hashlib
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from ecosystem.errors import RegistrationRefused
-from m2n2.checkpoint import MAX_HEADER_BYTES, read_header
+from m2n2.checkpoint import MAX_HEADER_BYTES, SafetensorsSource, read_header, sha256_file
 from m2n2.errors import InvalidCheckpoint
 from m2n2.space import ParamSpace
 
@@ -24,36 +23,69 @@ ONLY_SAFETENSORS = (
 )
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # torch.save's default format is a zip archive
 CHUNK_ELEMENTS = 1 << 24  # bounds the temporary masks of the NaN/Inf scan on huge tensors
-HASH_CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
 class CheckedCheckpoint:
-    """A checkpoint that passed every check; ``space`` is in the expected order with the file's dtypes."""
+    """A checkpoint that passed every check; ``space`` is in the expected order with the files' dtypes.
 
-    path: Path
-    sha256: str
+    ``paths`` holds one file, or the shards of one model; ``sha256`` is the single file's hash (a sharded
+    model gets its content address when its shards are written into one artifact).
+    """
+
+    paths: tuple[Path, ...]
+    sha256: str | None
     n_bytes: int
     space: ParamSpace
     metadata: dict[str, str]
 
+    @property
+    def path(self) -> Path:
+        return self.paths[0]
+
 
 def check_checkpoint(path: str | os.PathLike, expected: ParamSpace, max_bytes: int) -> CheckedCheckpoint:
     """Validate a safetensors file against ``expected``, cheapest checks first; raise ``RegistrationRefused``."""
-    path = Path(path)
+    checked = check_shards([path], expected, max_bytes)
+    return CheckedCheckpoint(
+        checked.paths, sha256_file(checked.path)[0], checked.n_bytes, checked.space, checked.metadata
+    )
+
+
+def check_shards(paths: Sequence[str | os.PathLike], expected: ParamSpace, max_bytes: int) -> CheckedCheckpoint:
+    """Validate the safetensors shards of one model together: every tensor once, as ``expected`` says."""
+    paths = tuple(Path(p) for p in paths)
+    if not paths:
+        raise RegistrationRefused("no safetensors file to register")
+    n_bytes, found, metadata = 0, [], {}
+    for path in paths:
+        n_bytes += _file_size(path)
+        if n_bytes > max_bytes:
+            what = "file" if len(paths) == 1 else "checkpoint"
+            raise RegistrationRefused(f"{path.name}: {what} is {n_bytes} bytes, over the {max_bytes}-byte limit")
+        _refuse_pickle_or_zip(path, path.stat().st_size)
+        try:
+            space, meta = read_header(path, min(MAX_HEADER_BYTES, max_bytes))
+        except InvalidCheckpoint as e:
+            raise RegistrationRefused(str(e)) from None
+        found += [(path, spec) for spec in space]
+        metadata = metadata or meta
+    owners: dict[str, Path] = {}
+    for path, spec in found:
+        if spec.name in owners:
+            raise RegistrationRefused(f"tensor {spec.name!r} is in both {owners[spec.name].name} and {path.name}")
+        owners[spec.name] = path
+    combined = ParamSpace([(spec.name, spec.shape, spec.dtype) for _, spec in found])
+    space = _check_layout(paths[0].name if len(paths) == 1 else paths[0].parent.name, combined, expected)
+    for path in paths:
+        _check_values(path, space, owners)
+    return CheckedCheckpoint(paths, None, n_bytes, space, metadata)
+
+
+def _file_size(path: Path) -> int:
     if not path.is_file():
         raise RegistrationRefused(f"{path.name}: not a file")
-    n_bytes = path.stat().st_size
-    if n_bytes > max_bytes:
-        raise RegistrationRefused(f"{path.name}: file is {n_bytes} bytes, over the {max_bytes}-byte limit")
-    _refuse_pickle_or_zip(path, n_bytes)
-    try:
-        found, metadata = read_header(path, min(MAX_HEADER_BYTES, max_bytes))
-    except InvalidCheckpoint as e:
-        raise RegistrationRefused(str(e)) from None
-    space = _check_layout(path.name, found, expected)
-    _check_values(path, space)
-    return CheckedCheckpoint(path, _sha256(path), n_bytes, space, metadata)
+    return path.stat().st_size
 
 
 def _refuse_pickle_or_zip(path: Path, n_bytes: int) -> None:
@@ -106,28 +138,15 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _check_values(path: Path, space: ParamSpace) -> None:
+def _check_values(path: Path, space: ParamSpace, owners: dict[str, Path]) -> None:
     """Refuse NaN or Inf, reading one tensor at a time so memory stays at the largest tensor."""
-    try:
-        f = safe_open(str(path), framework="pt")
-    except Exception as e:  # safetensors raises its own SafetensorError (not exported stably)
-        raise RegistrationRefused(f"{path.name}: safetensors could not open the file ({e})") from None
-    with f:
+    with SafetensorsSource(path) as source:
         for spec in space:
-            if not spec.dtype.is_floating_point:
+            if not spec.dtype.is_floating_point or owners[spec.name] != path:
                 continue
-            flat = f.get_tensor(spec.name).reshape(-1)  # (numel,)
+            flat = source.get(spec.name).reshape(-1)  # (numel,)
             for chunk in flat.split(CHUNK_ELEMENTS):
                 if chunk.isnan().any():
                     raise RegistrationRefused(f"{path.name}: tensor {spec.name!r} contains NaN")
                 if chunk.isinf().any():
                     raise RegistrationRefused(f"{path.name}: tensor {spec.name!r} contains Inf")
-
-
-def _sha256(path: Path) -> str:
-    """Hex sha256 of the file, streamed: the content address the store files it under."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()

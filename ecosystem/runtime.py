@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ecosystem import store
 from ecosystem.artifacts import ArtifactStore
 from ecosystem.db import make_engine, make_sessionmaker, upgrade
+from ecosystem.errors import NotFound
 from ecosystem.families import Family, get_family
 from ecosystem.orm import Model
 from ecosystem.settings import Settings
@@ -34,9 +35,19 @@ class Runtime:
         family = get_family(eco.family)
         return family, dict(eco.family_config), family.space(eco.family_config)
 
+    def source(self, model: Model, mmap: bool = False) -> SafetensorsSource:
+        """A stored model's weights as a lazy tensor source (``mmap``: shared, zero-copy pages, for serving).
+
+        ``NotFound`` when its file is gone (an evicted child): ``ecosystem.weights.ensure`` rebuilds it.
+        """
+        path = self.artifacts.path_for(model.sha256)
+        if not path.is_file():
+            raise NotFound(f"model {model.name!r} has no stored weights (rebuild it with `m2n2 rebuild`)")
+        return SafetensorsSource(path, mmap=mmap)
+
     def state_dict(self, model: Model) -> dict[str, torch.Tensor]:
-        """A stored model's weights, read from its safetensors artifact."""
-        with SafetensorsSource(self.artifacts.path_for(model.sha256)) as source:
+        """A stored model's weights, read from its safetensors artifact (small models only)."""
+        with self.source(model) as source:
             return load_state_dict(source)
 
     def close(self) -> None:

@@ -1,23 +1,22 @@
-"""Per-point scores: the fitness window and the gate set, scored once per model and point.
+"""Per-point scores: the fitness window and the gate set, scored once per model and point, by one evaluator.
 
 A model's score on a point is computed the first time it is needed and stored; later
 ticks read it back, so archive members are scored only on points they have not seen.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from sqlalchemy.orm import Session
 
 from ecosystem import store
 from ecosystem.families import Family, FlatScoring
+from ecosystem.genome_store import genome_store
 from ecosystem.orm import DataPoint, Model, Task
 from ecosystem.runtime import Runtime
-from m2n2.space import ParamSpace
-
-FlatEvaluator = Callable[[torch.Tensor], torch.Tensor]
+from m2n2 import Archive
 
 
 @dataclass(frozen=True)
@@ -56,23 +55,53 @@ def gate_set(session: Session) -> PointSet:
     return PointSet(tuple((t, tuple(store.gate_points(session, t))) for t in store.list_tasks(session)))
 
 
-def evaluator(family: Family, config: dict[str, Any], space: ParamSpace, points: PointSet) -> FlatEvaluator:
-    """Scores of a flat parameter vector on ``points``, shape (len(points),)."""
-    scorers: list[FlatEvaluator] = []
-    for task, pts in points.parts:
-        if not pts:
-            continue
-        inputs, targets = [p.inputs for p in pts], [p.target for p in pts]
-        if isinstance(family, FlatScoring):
-            scorers.append(family.flat_scorer(config, inputs, targets, task.scoring))
-        else:
+class Evaluator(Protocol):
+    """Scores genomes on one point set: one interface, so a distributed evaluator can replace this process's."""
 
-            def score(flat: torch.Tensor, inputs=inputs, targets=targets, rule=task.scoring) -> torch.Tensor:
-                module = family.build(config, space.unflatten(flat))
-                return family.score(module, inputs, targets, rule)
+    def __call__(self, genome: Any) -> torch.Tensor:
+        """Scores of one genome, shape (n_points,)."""
+        ...
 
-            scorers.append(score)
-    return lambda flat: torch.cat([s(flat) for s in scorers]) if scorers else torch.zeros(0)
+    def evaluate(self, genomes: Sequence[Any]) -> list[torch.Tensor]:
+        """Scores of several genomes, in order."""
+        ...
+
+
+class InProcessEvaluator:
+    """Scores genomes in this process: flat vectors through the family's fast path, files by building a module."""
+
+    def __init__(self, family: Family, config: dict[str, Any], points: PointSet, device: str = "cpu") -> None:
+        self.family, self.config, self.points, self.device = family, config, points, device
+        self._tasks = [
+            (task.scoring, [p.inputs for p in pts], [p.target for p in pts]) for task, pts in points.parts if pts
+        ]
+        self._flat = (
+            [family.flat_scorer(config, inputs, targets, rule) for rule, inputs, targets in self._tasks]
+            if isinstance(family, FlatScoring)
+            else None
+        )
+
+    def __call__(self, genome: Any) -> torch.Tensor:
+        if not self._tasks:
+            return torch.zeros(0)
+        if self._flat is not None:
+            return torch.cat([score(genome) for score in self._flat])
+        module = self.family.build(self.config, genome, self.device)  # one model in memory per evaluation
+        try:
+            parts = [
+                self.family.score(module, self.config, inputs, targets, rule) for rule, inputs, targets in self._tasks
+            ]
+        finally:
+            del module
+        return torch.cat([p.float().cpu() for p in parts])
+
+    def evaluate(self, genomes: Sequence[Any]) -> list[torch.Tensor]:
+        return [self(genome) for genome in genomes]
+
+
+def evaluator(runtime: Runtime, family: Family, config: dict[str, Any], points: PointSet) -> Evaluator:
+    """The evaluator of ``points`` that this ecosystem uses (in-process, on the evolution device)."""
+    return InProcessEvaluator(family, config, points, runtime.settings.evolution.device)
 
 
 def model_scores(
@@ -80,12 +109,12 @@ def model_scores(
     runtime: Runtime,
     model: Model,
     points: PointSet,
-    flat: torch.Tensor | None = None,
-    evaluate: FlatEvaluator | None = None,
+    genome: Any = None,
+    evaluate: Evaluator | None = None,
 ) -> torch.Tensor:
     """A stored model's scores on ``points`` (shape (len(points),)), scoring and storing only missing ones.
 
-    ``flat`` is the model's weights when the caller holds them (else they are read from its artifact);
+    ``genome`` is the model's weights when the caller holds them (else they are read from its artifact);
     ``evaluate`` an ``evaluator`` of all of ``points``, used when the model has no score on any of them, so
     a caller that checks many models on the same points builds it once.
     """
@@ -96,10 +125,23 @@ def model_scores(
         family, config, space = runtime.family(session)
         subset = points if len(missing) == len(ids) else points.only(missing)
         if evaluate is None or subset is not points:
-            evaluate = evaluator(family, config, space, subset)
-        if flat is None:
-            flat = runtime.flat(model, space)
-        fresh = dict(zip(subset.point_ids, evaluate(flat).tolist(), strict=True))
+            evaluate = evaluator(runtime, family, config, subset)
+        if genome is None:
+            genome = genome_store(runtime, family, space).load(model)
+        fresh = dict(zip(subset.point_ids, evaluate(genome).tolist(), strict=True))
         store.add_scores(session, model.id, fresh)
         cached.update(((model.id, p), s) for p, s in fresh.items())
     return torch.tensor([cached[(model.id, p)] for p in ids], dtype=torch.float32)
+
+
+def stored_archive(
+    session: Session, runtime: Runtime, points: PointSet, load: Callable[[Model], Any] | None = None
+) -> tuple[Archive, dict[int, Model]]:
+    """The stored archive scored on ``points``: genomes are ``load(model)`` (default: the model ids)."""
+    eco = store.get_ecosystem(session)
+    archive = Archive(eco.archive_size, len(points), eco.alpha)
+    members = store.archive(session)
+    for slot, model in members.items():
+        genome = load(model) if load is not None else model.id
+        archive.put(slot, genome, model_scores(session, runtime, model, points, None if load is None else genome))
+    return archive, members

@@ -1,13 +1,26 @@
 """Runtime settings: the only place that reads environment variables (prefix ``M2N2_``, groups split by ``__``)."""
 
+import re
 from pathlib import Path
-from typing import Self
+from typing import Annotated, Self
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+
+DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def _check_device(device: str) -> str:
+    """A torch device name this project places models on."""
+    if not DEVICE.fullmatch(device):
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+    return device
+
+
+Device = Annotated[str, AfterValidator(_check_device)]
 
 
 class StoreSettings(BaseModel):
@@ -42,6 +55,10 @@ class EvolutionSettings(BaseModel):
     archive_size: int = Field(20, ge=1)  # the paper's archive for digits; it uses 15 for LLMs
     alpha: float = Field(1.0, ge=0)  # resource-competition exponent; 0 is the plain GA
     seed: int = 0
+    device: Device = "cpu"  # where children are built and scored: cpu, cuda or cuda:N
+    # Weights kept besides archive members, registered models and pinned ones: the newest champions
+    # (rollback targets). Other children's files are deleted; `m2n2 rebuild` replays their recipe.
+    keep_champions: int = Field(5, ge=1)
 
     @model_validator(mode="after")
     def _bounded(self) -> Self:
@@ -84,6 +101,7 @@ class ServiceSettings(BaseModel):
     protect_reads: bool = False  # True: predict, status, lineage and export need the token too
     init_demo: bool = True  # an empty store gets the digits demo ecosystem on the evolver's first start
     evolver_url: str | None = None  # the evolver service's URL when it runs elsewhere (a cluster); None: started here
+    device: Device = "cpu"  # where workers serve the champion: cpu, cuda or cuda:N
 
 
 class Settings(BaseSettings):

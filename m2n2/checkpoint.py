@@ -7,15 +7,15 @@ half-written file.
 
 import hashlib
 import json
+import mmap as _mmap
 import os
 import struct
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import torch
-from safetensors import safe_open
 
 from m2n2.errors import InvalidCheckpoint
 from m2n2.space import ParamSpace
@@ -59,27 +59,93 @@ class StateDictSource:
 
 
 class SafetensorsSource:
-    """Tensors read from a safetensors file on demand, one at a time."""
+    """Tensors read from a safetensors file on demand, one at a time.
 
-    def __init__(self, path: str | os.PathLike, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
+    By default each ``get`` reads the tensor's bytes into fresh memory (``pread``), so a
+    process streaming through two large parents holds one tensor of each, not the pages
+    of both files. With ``mmap=True`` tensors are copy-on-write views of the mapped file:
+    no copy at all, and processes serving the same file share its pages.
+    """
+
+    _fd: int | None = None  # class defaults, so ``close`` works on an instance whose header was refused
+    _map: _mmap.mmap | None = None
+
+    def __init__(self, path: str | os.PathLike, max_header_bytes: int = MAX_HEADER_BYTES, mmap: bool = False) -> None:
         self.path = Path(path)
-        self.space, self.metadata = read_header(self.path, max_header_bytes)
-        self._file = safe_open(str(self.path), framework="pt")
+        self.space, self.metadata, self._offsets, self._data_start = _parse_header(self.path, max_header_bytes)
+        self._fd = os.open(self.path, os.O_RDONLY)
+        self._map = _mmap.mmap(self._fd, 0, access=_mmap.ACCESS_COPY) if mmap else None
 
     def get(self, name: str) -> torch.Tensor:
-        if self._file is None:
+        if self._fd is None:
             raise InvalidCheckpoint(f"{self.path.name}: source is closed")
-        return self._file.get_tensor(name)
+        spec = self.space[name]
+        begin, end = self._offsets[name]
+        if spec.numel == 0:
+            return torch.empty(spec.shape, dtype=spec.dtype)
+        if self._map is not None:
+            flat = torch.frombuffer(self._map, dtype=spec.dtype, count=spec.numel, offset=self._data_start + begin)
+            return flat.view(spec.shape)
+        tensor = torch.empty(spec.shape, dtype=spec.dtype)
+        buffer = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())  # (n_bytes,) aliasing the tensor
+        done, position = 0, self._data_start + begin
+        while done < end - begin:
+            n = os.preadv(self._fd, [buffer[done:]], position + done)
+            if n == 0:
+                raise InvalidCheckpoint(f"{self.path.name}: file ended inside tensor {name!r}")
+            done += n
+        return tensor
 
     def close(self) -> None:
-        """Release the file handle."""
-        self._file = None
+        """Release the file; tensors already handed out stay valid (a mapping lives while they do)."""
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd, self._map = None, None
 
     def __enter__(self) -> "SafetensorsSource":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class ShardedSource:
+    """One model split over several safetensors files (a sharded Hugging Face checkpoint)."""
+
+    def __init__(self, paths: Iterable[str | os.PathLike], mmap: bool = False) -> None:
+        self.shards = [SafetensorsSource(p, mmap=mmap) for p in paths]
+        self._owner: dict[str, SafetensorsSource] = {}
+        for shard in self.shards:
+            for spec in shard.space:
+                if spec.name in self._owner:
+                    raise InvalidCheckpoint(
+                        f"tensor {spec.name!r} is in both {self._owner[spec.name].path.name} and {shard.path.name}"
+                    )
+                self._owner[spec.name] = shard
+        self.space = ParamSpace([(s.name, s.shape, s.dtype) for shard in self.shards for s in shard.space])
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._owner[name].get(name)
+
+    def close(self) -> None:
+        for shard in self.shards:
+            shard.close()
+
+    def __enter__(self) -> "ShardedSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_source(paths: Sequence[str | os.PathLike], mmap: bool = False) -> "SafetensorsSource | ShardedSource":
+    """A tensor source over one safetensors file or the shards of one model."""
+    if len(paths) == 1:
+        return SafetensorsSource(paths[0], mmap=mmap)
+    return ShardedSource(paths, mmap=mmap)
 
 
 def read_header(path: str | os.PathLike, max_header_bytes: int = MAX_HEADER_BYTES) -> tuple[ParamSpace, dict[str, str]]:
@@ -88,6 +154,14 @@ def read_header(path: str | os.PathLike, max_header_bytes: int = MAX_HEADER_BYTE
     Returns the parameter space (tensors in file order) and the free-form metadata.
     Raises ``InvalidCheckpoint`` saying what is wrong and what is accepted.
     """
+    space, metadata, _, _ = _parse_header(Path(path), max_header_bytes)
+    return space, metadata
+
+
+def _parse_header(
+    path: Path, max_header_bytes: int
+) -> tuple[ParamSpace, dict[str, str], dict[str, tuple[int, int]], int]:
+    """``read_header`` plus each tensor's byte range in the data buffer and where that buffer starts."""
     path = Path(path)
     size = path.stat().st_size
     with path.open("rb") as f:
@@ -143,12 +217,13 @@ def read_header(path: str | os.PathLike, max_header_bytes: int = MAX_HEADER_BYTE
             f"{path.name}: data is {data_len} bytes but the header describes {cursor} (truncated?); expected {ACCEPTED}"
         )
     space = ParamSpace([(name, shape, dtype) for _, _, name, shape, dtype in entries])
-    return space, {str(k): str(v) for k, v in metadata.items()}
+    offsets = {name: (begin, end) for begin, end, name, _, _ in entries}
+    return space, {str(k): str(v) for k, v in metadata.items()}, offsets, 8 + header_len
 
 
 def safetensors_chunks(
     space: ParamSpace, tensors: Iterable[tuple[str, torch.Tensor]], metadata: Mapping[str, str] | None = None
-) -> Iterator[bytes]:
+) -> Iterator[bytes | memoryview]:
     """The bytes of a safetensors file, header first, then one tensor at a time in ``space`` order."""
     header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
     offset = 0
@@ -168,8 +243,9 @@ def safetensors_chunks(
             raise InvalidCheckpoint(
                 f"expected tensor {spec.name!r} {list(spec.shape)}, got {name!r} {list(tensor.shape)}"
             )
-        # reshape(-1) first: a 0-dim tensor cannot be viewed as bytes of another element size
-        yield tensor.detach().to(spec.dtype).reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
+        # reshape(-1) first: a 0-dim tensor cannot be viewed as bytes of another element size. The bytes
+        # are lent, not copied: the consumer writes or hashes them before asking for the next tensor.
+        yield memoryview(tensor.detach().to(spec.dtype).reshape(-1).contiguous().view(torch.uint8).numpy())
 
 
 def safetensors_digest(
@@ -196,19 +272,43 @@ def write_safetensors(
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in safetensors_chunks(space, tensors, metadata):
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; weights are meant to be shared read-only
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
+        write_chunks(Path(tmp), safetensors_chunks(space, tensors, metadata))
+        publish(Path(tmp), path, 0o644)  # weights are meant to be shared read-only
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
     return path
+
+
+def write_chunks(path: Path, chunks: Iterable[bytes | memoryview]) -> tuple[str, int]:
+    """Write ``chunks`` into the file at ``path``, hashing them on the way, and fsync it: (sha256, bytes)."""
+    digest, n_bytes = hashlib.sha256(), 0
+    with path.open("wb") as f:
+        for chunk in chunks:
+            digest.update(chunk)
+            n_bytes += len(chunk)
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+    return digest.hexdigest(), n_bytes
+
+
+def publish(tmp: Path, dest: Path, mode: int) -> None:
+    """Move a finished, fsynced temporary file to ``dest`` so that a crash leaves either nothing or all of it."""
+    os.chmod(tmp, mode)
+    os.replace(tmp, dest)
+    fsync_dir(dest.parent)  # the rename itself must survive a crash
+
+
+def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> tuple[str, int]:
+    """Hex sha256 and size of a file, streamed: the content address the artifact store files it under."""
+    digest, n_bytes = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+            n_bytes += len(chunk)
+    return digest.hexdigest(), n_bytes
 
 
 def fsync_dir(directory: Path) -> None:

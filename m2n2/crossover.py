@@ -21,6 +21,7 @@ from m2n2.space import ParamSpace
 # Below this sin(Omega) the parents are (anti)parallel and SLERP's weights blow up;
 # the reference code switches to linear interpolation at the same threshold.
 SIN_EPS = 1e-6
+DOT_CHUNK = 1 << 20  # elements per float64 chunk of the angle pass
 
 
 def slerp_weights(cos_omega: float, t: float) -> tuple[float, float]:
@@ -58,10 +59,14 @@ def split_slerp_tensors(
     """
     dot = norm_a2 = norm_b2 = 0.0
     for spec in space:
-        ta, tb = a.get(spec.name).double().reshape(-1), b.get(spec.name).double().reshape(-1)
-        dot += torch.dot(ta, tb).item()
-        norm_a2 += torch.dot(ta, ta).item()
-        norm_b2 += torch.dot(tb, tb).item()
+        ta, tb = a.get(spec.name).reshape(-1), b.get(spec.name).reshape(-1)
+        # float64 sums, a chunk at a time: a whole float64 copy of an embedding matrix would double the peak
+        for ca, cb in zip(ta.split(DOT_CHUNK), tb.split(DOT_CHUNK), strict=True):
+            ca, cb = ca.double(), cb.double()
+            dot += torch.dot(ca, cb).item()
+            norm_a2 += torch.dot(ca, ca).item()
+            norm_b2 += torch.dot(cb, cb).item()
+        del ta, tb
     cos = _cosine(dot, norm_a2, norm_b2)
     before, after = slerp_weights(cos, mixing_ratio), slerp_weights(cos, 1.0 - mixing_ratio)
     for spec in space:

@@ -6,6 +6,7 @@ runs the 19k-parameter digits MLP as one vector and a 7B model as safetensors fi
 
 import itertools
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -76,6 +77,10 @@ class LazyGenomes:
             tensors = split_slerp_tensors(parent_a, parent_b, self.space, mixing_ratio, split_point)
         if mutation_std > 0:
             tensors = mutate_tensors(tensors, mutation_std, generator)
+        return self._store(tensors)
+
+    def _store(self, tensors: Iterator[tuple[str, torch.Tensor]]) -> TensorSource:
+        """Where a child's streamed tensors go: a file in ``out_dir`` (remembered, to delete on release) or memory."""
         if self.out_dir is None:
             return StateDictSource(dict(tensors))
         path = self.out_dir / f"child-{os.getpid()}-{next(self._counter):08d}.safetensors"
@@ -84,7 +89,10 @@ class LazyGenomes:
         return SafetensorsSource(path)
 
     def release(self, genome: TensorSource) -> None:
+        """Delete the child's file if this object wrote it."""
         path = getattr(genome, "path", None)
         if path in self._written:
             self._written.discard(path)
+            if hasattr(genome, "close"):
+                genome.close()
             path.unlink(missing_ok=True)

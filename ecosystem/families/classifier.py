@@ -3,15 +3,31 @@
 import itertools
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import torch
+from pydantic import BaseModel, Field
 from torch import nn
 
+from ecosystem.errors import RegistrationRefused
 from ecosystem.families.registry import register_family
+from m2n2.checkpoint import TensorSource, iter_tensors, write_safetensors
 from m2n2.digits import SCORING_RULES, FlatMLPScorer
-from m2n2.errors import IncompatibleModels
 from m2n2.space import ParamSpace
+
+WEIGHTS = "model.safetensors"  # the file a checkpoint directory of this family holds
+Features = Annotated[
+    list[Annotated[float, Field(allow_inf_nan=False)]],
+    Field(min_length=1, description="one feature vector: layers[0] finite numbers (64 for the digits demo)"),
+]
+
+
+class Prediction(BaseModel):
+    """The classifier's answer for one input."""
+
+    label: int = Field(description="the most probable class")
+    probabilities: list[float] = Field(description="softmax probability of each class")
 
 
 class MLPClassifier(nn.Module):
@@ -38,6 +54,13 @@ class Classifier:
 
     name = "classifier"
     scoring_rules: tuple[str, ...] = SCORING_RULES
+    api = "predict"
+    predict_input = Features
+    predict_output = Prediction
+
+    def create_config(self, options: Mapping[str, Any], root: Path) -> dict[str, Any]:
+        """``{"layers": [...]}`` from ``m2n2 init --layers``; nothing to copy."""
+        return self.validate_config({"layers": options.get("layers")})
 
     def validate_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """``{"layers": [...]}`` with at least two positive ints; unknown keys are refused (typos)."""
@@ -68,41 +91,48 @@ class Classifier:
             tensors += [(f"fc{i}.weight", (n_out, n_in), torch.float32), (f"fc{i}.bias", (n_out,), torch.float32)]
         return ParamSpace(tensors)
 
-    def build(self, config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
-        """An eval-mode ``MLPClassifier`` holding ``state_dict`` (it may share memory with it)."""
+    def weight_files(self, config: Mapping[str, Any], directory: Path) -> list[Path]:
+        """A directory holds one ``model.safetensors``."""
+        path = directory / WEIGHTS
+        if not path.is_file():
+            raise RegistrationRefused(f"{directory.name}: no {WEIGHTS} in the directory")
+        return [path]
+
+    def build(self, config: Mapping[str, Any], source: TensorSource, device: str = "cpu") -> nn.Module:
+        """An eval-mode ``MLPClassifier`` holding the source's tensors (it may share memory with them)."""
         space = self.space(config)
-        tensors = {}
-        for spec in space:
-            if spec.name not in state_dict:
-                raise IncompatibleModels(f"state dict is missing tensor {spec.name!r}")
-            t = state_dict[spec.name]
-            if tuple(t.shape) != spec.shape:
-                raise IncompatibleModels(f"tensor {spec.name!r} has shape {list(t.shape)}, expected {list(spec.shape)}")
-            tensors[spec.name] = t.detach().to(spec.dtype)
-        extra = [name for name in state_dict if name not in space]
-        if extra:
-            raise IncompatibleModels(f"state dict has unexpected tensor {extra[0]!r}")
+        space.check_compatible(source.space, "model")
+        tensors = {spec.name: source.get(spec.name).detach().to(device, spec.dtype) for spec in space}
         with torch.device("meta"):  # skip the random init: every parameter is replaced next
             module = MLPClassifier(self.validate_config(config)["layers"])
         module.load_state_dict(tensors, assign=True)
         return module.requires_grad_(False).eval()
 
+    def export(self, config: Mapping[str, Any], source: TensorSource, directory: Path) -> list[Path]:
+        """``model.safetensors`` in the ecosystem's tensor order (load it with ``safetensors.torch.load_file``)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        space = self.space(config)
+        return [write_safetensors(directory / WEIGHTS, space, iter_tensors(source, space), {"format": "pt"})]
+
     def smoke_inputs(self, config: Mapping[str, Any]) -> list:
         """One all-zero feature vector."""
         return [[0.0] * self.validate_config(config)["layers"][0]]
 
-    def predict(self, module: nn.Module, inputs: list) -> list[dict[str, Any]]:
+    def predict(self, module: nn.Module, config: Mapping[str, Any], inputs: list) -> list[dict[str, Any]]:
         """``[{"label": int, "probabilities": [float, ...]}]``, one per input."""
+        device = next(module.parameters()).device
         with torch.inference_mode():
-            probs = module(_features(inputs, module.layers[0])).softmax(dim=1)  # (n, n_classes)
+            probs = module(_features(inputs, module.layers[0]).to(device)).softmax(dim=1).cpu()  # (n, n_classes)
         return [{"label": int(p.argmax()), "probabilities": p.tolist()} for p in probs]
 
-    def score(self, module: nn.Module, inputs: list, targets: list, rule: str) -> torch.Tensor:
+    def score(
+        self, module: nn.Module, config: Mapping[str, Any], inputs: list, targets: list, rule: str
+    ) -> torch.Tensor:
         """``accuracy``: 1 when the argmax is the label; ``likelihood``: softmax probability of the label."""
         _check_rule(rule)
         x, y = _batch(inputs, targets, module.layers[0], module.layers[-1])
         with torch.inference_mode():
-            logits = module(x)  # (n, n_classes)
+            logits = module(x.to(next(module.parameters()).device)).cpu()  # (n, n_classes)
         if rule == "likelihood":
             return logits.softmax(dim=1).gather(1, y.unsqueeze(1)).squeeze(1)  # (n,)
         return (logits.argmax(dim=1) == y).float()  # (n,)

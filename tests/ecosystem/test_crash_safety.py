@@ -71,7 +71,7 @@ def test_sigkilled_evolver_leaves_a_consistent_store_and_carries_on(demo_dir, se
             assert runtime.artifacts.verify(path.stem), path
         family, config, space = runtime.family(session)
         points = scoring.fitness_set(session)
-        evaluate = scoring.evaluator(family, config, space, points)
+        evaluate = scoring.evaluator(runtime, family, config, points)
         stored = store.scores_for(session, [m.id for m in members.values()], points.point_ids)
     assert len(members) == runtime.settings.evolution.archive_size
     for model in members.values():

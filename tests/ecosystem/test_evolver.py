@@ -43,7 +43,7 @@ def test_a_tick_records_every_admitted_child_with_its_parents(runtime, monkeypat
         for child in admitted:
             row = models[child.sha256]
             assert row.id == child.model_id and row.kind == "child" and row.source == "m2n2 evolver"
-            assert (row.sha256, row.n_bytes) == safetensors_digest(space, space.unflatten(child.flat).items())
+            assert (row.sha256, row.n_bytes) == safetensors_digest(space, space.unflatten(child.genome).items())
             parents = [p for p in (child.parent_a, child.parent_b) if p is not None]
             expected = [p.sha256 if isinstance(p, Child) else stored[p].sha256 for p in parents]
             assert [by_id[p].sha256 for p in row.parent_ids] == expected

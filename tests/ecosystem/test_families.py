@@ -5,6 +5,7 @@ import torch
 
 from ecosystem.families import FAMILIES, Family, FlatScoring, UnknownFamily, get_family, register_family
 from m2n2 import digits
+from m2n2.checkpoint import StateDictSource
 from m2n2.errors import IncompatibleModels
 
 DIGITS = {"layers": [64, 256, 10]}
@@ -64,7 +65,7 @@ def test_classifier_space_is_the_digits_space(classifier: Family) -> None:
 @pytest.mark.parametrize("config", [DIGITS, DEEP, {"layers": [4, 2]}])
 def test_space_matches_the_built_module(classifier: Family, config: dict) -> None:
     space = classifier.space(config)
-    module = classifier.build(config, space.unflatten(torch.randn(space.dim)))
+    module = classifier.build(config, StateDictSource(space.unflatten(torch.randn(space.dim))))
     assert space == type(space).from_state_dict(module.state_dict())
     assert not module.training and not any(p.requires_grad for p in module.parameters())
 
@@ -72,8 +73,8 @@ def test_space_matches_the_built_module(classifier: Family, config: dict) -> Non
 def test_built_specialist_predicts_as_the_flat_scorer_scores(
     classifier: Family, data: digits.DigitsSplit, specialist: torch.Tensor
 ) -> None:
-    module = classifier.build(DIGITS, digits.mlp_space().unflatten(specialist))
-    predictions = classifier.predict(module, data.x_test.tolist())
+    module = classifier.build(DIGITS, StateDictSource(digits.mlp_space().unflatten(specialist)))
+    predictions = classifier.predict(module, DIGITS, data.x_test.tolist())
     labels = torch.tensor([p["label"] for p in predictions])
     expected = digits.FlatMLPScorer(data.x_test, data.y_test, digits.mlp_space())(specialist)
     assert torch.equal((labels == data.y_test).float(), expected)
@@ -88,7 +89,9 @@ def test_flat_scorer_equals_module_scoring(classifier: Family, config: dict, rul
     scorer = classifier.flat_scorer(config, inputs, targets, rule)
     for seed in range(3):
         flat = torch.randn(space.dim, generator=torch.Generator().manual_seed(seed)) * 0.3
-        module_scores = classifier.score(classifier.build(config, space.unflatten(flat)), inputs, targets, rule)
+        module_scores = classifier.score(
+            classifier.build(config, StateDictSource(space.unflatten(flat))), {}, inputs, targets, rule
+        )
         flat_scores = scorer(flat)
         assert flat_scores.shape == module_scores.shape == (200,)
         torch.testing.assert_close(flat_scores, module_scores, rtol=1e-5, atol=1e-6)
@@ -98,19 +101,21 @@ def test_flat_scorer_equals_module_scoring(classifier: Family, config: dict, rul
 def test_likelihood_is_a_probability_and_bounds_accuracy(
     classifier: Family, data: digits.DigitsSplit, specialist: torch.Tensor
 ) -> None:
-    module = classifier.build(DIGITS, digits.mlp_space().unflatten(specialist))
+    module = classifier.build(DIGITS, StateDictSource(digits.mlp_space().unflatten(specialist)))
     inputs, targets = data.x_test.tolist(), data.y_test.tolist()
-    likelihood = classifier.score(module, inputs, targets, "likelihood")
-    accuracy = classifier.score(module, inputs, targets, "accuracy")
+    likelihood = classifier.score(module, {}, inputs, targets, "likelihood")
+    accuracy = classifier.score(module, {}, inputs, targets, "accuracy")
     assert ((likelihood >= 0) & (likelihood <= 1)).all()
     assert set(accuracy.tolist()) <= {0.0, 1.0}
     assert (likelihood[accuracy == 0] <= 0.5 + 1e-6).all()  # a wrong argmax cannot hold a majority
 
 
 def test_empty_batches(classifier: Family) -> None:
-    module = classifier.build(DEEP, classifier.space(DEEP).unflatten(torch.zeros(classifier.space(DEEP).dim)))
-    assert classifier.predict(module, []) == []
-    assert classifier.score(module, [], [], "accuracy").shape == (0,)
+    module = classifier.build(
+        DEEP, StateDictSource(classifier.space(DEEP).unflatten(torch.zeros(classifier.space(DEEP).dim)))
+    )
+    assert classifier.predict(module, DIGITS, []) == []
+    assert classifier.score(module, {}, [], [], "accuracy").shape == (0,)
 
 
 @pytest.mark.parametrize(
@@ -161,25 +166,25 @@ def test_valid_point_passes(classifier: Family) -> None:
 
 def test_scoring_refuses_bad_rules_and_batches(classifier: Family) -> None:
     space = classifier.space(DEEP)
-    module = classifier.build(DEEP, space.unflatten(torch.zeros(space.dim)))
+    module = classifier.build(DEEP, StateDictSource(space.unflatten(torch.zeros(space.dim))))
     inputs, targets = random_points(DEEP["layers"], 4, seed=0)
     with pytest.raises(ValueError, match="rule: unknown scoring rule 'f1'; available: accuracy, likelihood"):
-        classifier.score(module, inputs, targets, "f1")
+        classifier.score(module, {}, inputs, targets, "f1")
     with pytest.raises(ValueError, match="rule:"):
         classifier.flat_scorer(DEEP, inputs, targets, "f1")
     with pytest.raises(ValueError, match="targets: expected 4 labels"):
-        classifier.score(module, inputs, targets[:3], "accuracy")
+        classifier.score(module, {}, inputs, targets[:3], "accuracy")
     with pytest.raises(ValueError, match=r"targets\[0\]"):
-        classifier.score(module, inputs, [7, *targets[1:]], "accuracy")
+        classifier.score(module, {}, inputs, [7, *targets[1:]], "accuracy")
     with pytest.raises(ValueError, match=r"inputs\[1\]"):
-        classifier.predict(module, [inputs[0], inputs[1][:2]])
+        classifier.predict(module, DIGITS, [inputs[0], inputs[1][:2]])
 
 
 def test_build_refuses_a_state_dict_of_another_layout(classifier: Family) -> None:
     state = classifier.space(DEEP).unflatten(torch.zeros(classifier.space(DEEP).dim))
     with pytest.raises(IncompatibleModels, match=r"'fc1.weight' has shape"):
-        classifier.build({"layers": [6, 7, 6, 3]}, state)
+        classifier.build({"layers": [6, 7, 6, 3]}, StateDictSource(state))
     with pytest.raises(IncompatibleModels, match=r"missing tensor 'fc3.bias'"):
-        classifier.build(DEEP, {k: v for k, v in state.items() if k != "fc3.bias"})
+        classifier.build(DEEP, StateDictSource({k: v for k, v in state.items() if k != "fc3.bias"}))
     with pytest.raises(IncompatibleModels, match=r"unexpected tensor 'extra'"):
-        classifier.build(DEEP, {**state, "extra": torch.zeros(1)})
+        classifier.build(DEEP, StateDictSource({**state, "extra": torch.zeros(1)}))
