@@ -1,0 +1,161 @@
+"""Token-by-token decoding for transformers causal LMs: a KV-cached batch, per-row sampling, streamed text.
+
+The ``causal-lm`` family uses these for generation (the OpenAI-compatible routes), ``predict`` and
+exact-match scoring, so all three decode the same way.
+
+- ``Decoder`` runs one left-padded batch step by step with the model's KV cache, and drops rows as they
+  finish, so a long completion does not keep short ones' rows in every forward pass.
+- ``pick_tokens`` chooses each row's next token from its own ``Sampling`` and ``torch.Generator``: a seeded
+  row draws the same tokens whatever it is batched with (up to float rounding of the batch's logits).
+- ``TextStream`` turns a row's tokens into text pieces: it decodes incrementally without splitting a
+  multi-byte character and holds back text that may be the start of a stop string, so the stop string is
+  never streamed.
+"""
+
+import inspect
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from ecosystem.families.base import Sampling
+
+logger = logging.getLogger(__name__)
+
+REPLACEMENT_CHAR = "\ufffd"  # what decoding an incomplete UTF-8 sequence ends with
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: str | torch.device) -> tuple[torch.Tensor, ...]:
+    """Token ids, attention mask and position ids of left-padded rows, so every row's next token is last."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (b, t)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (b, t)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = 1
+    # Positions count real tokens only, so a padded row sees the positions it would see alone.
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # (b, t)
+    return ids.to(device), mask.to(device), positions.to(device)
+
+
+class Decoder:
+    """One batch decoded step by step with the model's KV cache; ``rows`` maps live rows to input rows."""
+
+    def __init__(self, module: torch.nn.Module, prompts: Sequence[Sequence[int]], pad_id: int) -> None:
+        self.module = module
+        self.device = next(module.parameters()).device
+        self.ids, self.mask, self.positions = left_pad(prompts, pad_id, self.device)  # (b, t) each
+        self.rows = torch.arange(len(prompts))  # (b,) input row of each live row
+        self.cache = None
+        # transformers 5.24 renamed ``past_key_values`` to ``cache``; pass whichever this model's forward takes.
+        self.cache_arg = "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+    def logits(self) -> torch.Tensor:
+        """Next-token logits of the live rows, (b, vocab) in float32; feeds the pending tokens first."""
+        with torch.inference_mode():
+            out = self.module(
+                input_ids=self.ids,
+                attention_mask=self.mask,
+                position_ids=self.positions,
+                use_cache=True,
+                logits_to_keep=1,
+                **{self.cache_arg: self.cache},
+            )
+        self.cache = out.get("cache", out.get("past_key_values"))
+        return out.logits[:, -1].float()  # (b, vocab)
+
+    def advance(self, tokens: torch.Tensor) -> None:
+        """Append one token per live row; the next ``logits`` call feeds them."""
+        self.ids = tokens.to(self.device).view(-1, 1)  # (b, 1)
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], dim=1)  # (b, t + 1)
+        self.positions = self.positions[:, -1:] + 1  # (b, 1)
+
+    def keep(self, live: torch.Tensor) -> None:
+        """Keep only the live rows where ``live`` (b,) is true, dropping finished ones from the cache."""
+        if bool(live.all()):
+            return
+        index = live.nonzero().view(-1)  # (b_kept,)
+        select = getattr(self.cache, "batch_select_indices", None)
+        if select is None:  # a cache that cannot shrink: finished rows keep being fed, their tokens ignored
+            return
+        select(index.to(self.device))
+        self.rows = self.rows[index.cpu()]
+        on_device = index.to(self.device)
+        self.ids, self.mask, self.positions = self.ids[on_device], self.mask[on_device], self.positions[on_device]
+
+
+def generator_for(sampling: Sampling, seed: int) -> torch.Generator | None:
+    """A CPU generator seeded for one row (None for greedy rows, which draw nothing)."""
+    if sampling.temperature == 0:
+        return None
+    return torch.Generator().manual_seed(seed)
+
+
+def pick_tokens(
+    logits: torch.Tensor, samplings: Sequence[Sampling], generators: Sequence[torch.Generator | None]
+) -> torch.Tensor:
+    """The next token of each row (b,): argmax when its temperature is 0, else a top-p sample from its generator."""
+    tokens = logits.argmax(dim=1).cpu()  # (b,)
+    for i, (sampling, generator) in enumerate(zip(samplings, generators, strict=True)):
+        if sampling.temperature > 0:
+            tokens[i] = _sample(logits[i], sampling, generator)
+    return tokens
+
+
+def _sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> int:
+    """One draw from softmax(logits / temperature) restricted to the top-p nucleus (sampled on the CPU)."""
+    probs = (logits.cpu() / sampling.temperature).softmax(dim=0)  # (vocab,)
+    if sampling.top_p < 1:
+        sorted_probs, order = probs.sort(descending=True)  # (vocab,) each
+        # Keep the smallest prefix whose mass reaches top_p (the most likely token always stays).
+        outside = sorted_probs.cumsum(dim=0) - sorted_probs >= sampling.top_p  # (vocab,)
+        probs = probs.scatter(0, order[outside], 0.0)  # (vocab,)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class TextStream:
+    """A row's generated tokens as text, released in pieces that never split a character or show a stop string."""
+
+    def __init__(self, tokenizer, stop: Sequence[str] = ()) -> None:
+        self.tokenizer = tokenizer
+        self.stop = tuple(s for s in stop if s)
+        self.tokens: list[int] = []
+        self.text = ""  # all text decoded so far
+        self.sent = 0  # characters of ``text`` already released
+
+    def push(self, token: int) -> tuple[str, bool]:
+        """Add a token; the newly releasable text and whether a stop string has appeared (text cut before it)."""
+        self.tokens.append(token)
+        # Decoding the whole completion each step keeps the text exact (merges across tokens, spacing rules).
+        self.text = self.tokenizer.decode(self.tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        hit = self._first_stop()
+        if hit is not None:
+            self.text = self.text[:hit]
+            return self._release(len(self.text)), True
+        ready = len(self.text.rstrip(REPLACEMENT_CHAR))  # an incomplete character waits for its next bytes
+        ready -= self._stop_prefix_len(self.text[:ready])
+        return self._release(max(ready, self.sent)), False
+
+    def flush(self) -> str:
+        """Release everything held back (the completion ended without a stop string)."""
+        return self._release(len(self.text))
+
+    def _release(self, end: int) -> str:
+        piece, self.sent = self.text[self.sent : end], max(end, self.sent)
+        return piece
+
+    def _first_stop(self) -> int | None:
+        """Where the earliest stop string starts in the text, if any (only new text can hold a new one)."""
+        start = max(0, self.sent - max((len(s) for s in self.stop), default=0))
+        hits = [i for s in self.stop if (i := self.text.find(s, start)) >= 0]
+        return min(hits) if hits else None
+
+    def _stop_prefix_len(self, text: str) -> int:
+        """Length of the longest end of ``text`` that starts a stop string (it may complete next step)."""
+        longest = 0
+        for s in self.stop:
+            for n in range(min(len(s) - 1, len(text)), longest, -1):
+                if text.endswith(s[:n]):
+                    longest = n
+                    break
+        return longest

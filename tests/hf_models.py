@@ -1,0 +1,134 @@
+"""Tiny Hugging Face causal LMs built locally in seconds (nothing is downloaded).
+
+``tiny_llama(directory)`` and ``tiny_gpt2(directory)`` write a random model with ``save_pretrained`` plus a
+byte-level BPE tokenizer trained here with the ``tokenizers`` library, so ``AutoModelForCausalLM`` and
+``AutoTokenizer`` load the directory as they would a hub download. Llama keeps ``lm_head`` separate and has
+a chat template; GPT-2 ties ``lm_head`` to ``wte`` (absent from the checkpoint) and has no chat template.
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedModel, PreTrainedTokenizerFast
+
+EOS = "<|endoftext|>"
+# Words, digits and arithmetic, so the merges cover the prompts the tests use.
+CORPUS = [
+    "Question: what is two plus three? Answer: #### 5",
+    "Question: what is ten minus four? Answer: #### 6",
+    "Question: what is six times seven? Answer: #### 42",
+    "The quick brown fox jumps over the lazy dog. 0 1 2 3 4 5 6 7 8 9 1,000 3.5",
+    "user: hello there\nassistant: hello, how can I help you today?",
+    "Once upon a time there was a small model that learned to add numbers.",
+    "Evolution merges models: split point, mixing ratio, attraction and competition.",
+    "Un café, s'il vous plaît. Größe: 5 µm. 日本語のテキスト。",
+]
+# A minimal chat template in the Jinja dialect transformers renders.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def train_tokenizer(vocab_size: int = 320, corpus: Sequence[str] = CORPUS) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (every byte is a token, so any text encodes) with EOS doubling as pad."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(list(corpus), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=EOS, bos_token=EOS)
+
+
+def save_model(
+    directory: Path,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast | None,
+    max_shard_size: str | None = None,
+) -> Path:
+    """``save_pretrained`` the model (and tokenizer), as a fine-tune published on the hub is laid out."""
+    directory.mkdir(parents=True, exist_ok=True)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(directory, **kwargs)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    return directory
+
+
+def llama_config(vocab_size: int, **overrides: object) -> LlamaConfig:
+    """A two-layer Llama with grouped-query attention and an untied ``lm_head``."""
+    fields = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    fields.update(overrides)
+    return LlamaConfig(**fields)
+
+
+def gpt2_config(vocab_size: int, **overrides: object) -> GPT2Config:
+    """A two-layer GPT-2 whose ``lm_head`` is tied to ``wte``."""
+    fields = dict(
+        vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=256, bos_token_id=0, eos_token_id=0
+    )
+    fields.update(overrides)
+    return GPT2Config(**fields)
+
+
+def random_model(config: LlamaConfig | GPT2Config, seed: int = 0) -> PreTrainedModel:
+    """A randomly initialised causal LM (a larger init than the default, so greedy outputs vary with the seed)."""
+    torch.manual_seed(seed)
+    config.initializer_range = 0.2
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def tiny_llama(directory: Path, seed: int = 0, chat_template: bool = True, **overrides: object) -> Path:
+    """A tiny random Llama with its tokenizer saved in ``directory``."""
+    tokenizer = train_tokenizer()
+    if chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    model = random_model(llama_config(len(tokenizer), **overrides), seed)
+    return save_model(directory, model, tokenizer)
+
+
+def tiny_gpt2(directory: Path, seed: int = 0, **overrides: object) -> Path:
+    """A tiny random GPT-2 (tied embeddings, no chat template) with its tokenizer saved in ``directory``."""
+    tokenizer = train_tokenizer()
+    model = random_model(gpt2_config(len(tokenizer), **overrides), seed)
+    return save_model(directory, model, tokenizer)
+
+
+def fine_tune(directory: Path, out: Path, pairs: Sequence[tuple[str, str]], steps: int = 200, lr: float = 1e-2) -> Path:
+    """Train the model in ``directory`` to answer each prompt with its completion then EOS; save it to ``out``."""
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory).train()
+    rows = []
+    for prompt, completion in pairs:
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        target_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append((prompt_ids + target_ids, [-100] * len(prompt_ids) + target_ids))  # loss on the answer only
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = sum(model(torch.tensor([ids]), labels=torch.tensor([labels])).loss for ids, labels in rows)
+        loss.backward()
+        optimizer.step()
+    return save_model(out, model.eval(), tokenizer)
