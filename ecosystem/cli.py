@@ -20,10 +20,11 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ecosystem import demo as digits_demo
-from ecosystem import feedback, promotion, report, schedule, store, tasks
+from ecosystem import feedback, promotion, report, schedule, setup, store, tasks, weights
 from ecosystem.db import begin_write
 from ecosystem.errors import Conflict, EcosystemError, NotFound
 from ecosystem.evolver import Evolver
+from ecosystem.families import FAMILIES
 from ecosystem.orm import ChampionEvent
 from ecosystem.runtime import Runtime, open_runtime
 from ecosystem.settings import Settings
@@ -57,7 +58,14 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def init(runtime: Runtime, args: argparse.Namespace) -> int:
-    """Create the digits demo ecosystem (the only kind the CLI creates so far)."""
+    """Create an ecosystem: the digits demo, or an empty one of a family (then register specialists)."""
+    if args.family is not None:
+        options = {"base": args.base} if args.base is not None else {"layers": args.layers}
+        ecosystem = setup.create(runtime, args.family, options)
+        n_tensors = len(ecosystem.space)
+        print(f"created a {ecosystem.family} ecosystem in {runtime.settings.data_dir} ({n_tensors} tensors to merge)")
+        print("next: `m2n2 register PATH --name NAME` for each specialist, `m2n2 task create`, then feedback")
+        return 0
     registrations = digits_demo.init_digits(runtime)
     with runtime.sessions() as session:
         counts = store.count_points(session, store.get_task(session, digits_demo.TASK))
@@ -208,6 +216,28 @@ def export(runtime: Runtime, args: argparse.Namespace) -> int:
     return 0
 
 
+def rebuild(runtime: Runtime, args: argparse.Namespace) -> int:
+    """Recreate an evicted model's weights by replaying its lineage; the sha256 must match the recorded one."""
+    with runtime.sessions() as session:
+        model = store.model_by_name_or_id(session, args.model)
+    existed = runtime.artifacts.exists(model.sha256)
+    path = weights.ensure(runtime, model)
+    verb = "already stored" if existed else "rebuilt"
+    print(f"{model.name}: {verb} at {path} (sha256 {model.sha256})")
+    return 0
+
+
+def pin(runtime: Runtime, args: argparse.Namespace) -> int:
+    """Keep (or with --off, stop keeping) a model's weights whatever happens to it."""
+    with runtime.sessions() as session:
+        begin_write(session)
+        model = store.model_by_name_or_id(session, args.model)
+        store.set_pinned(session, model, not args.off)
+        session.commit()
+        print(f"{model.name}: {'unpinned' if args.off else 'pinned'}")
+    return 0
+
+
 # --- helpers -------------------------------------------------------------------------------------------------
 
 
@@ -232,6 +262,13 @@ def _positive(kind: type) -> Any:
     return parse
 
 
+def _layers(text: str) -> list[int]:
+    try:
+        return [int(n) for n in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer sizes like 64,256,10, got {text}") from None
+
+
 def _one_line(error: BaseException) -> str:
     if isinstance(error, ValidationError):
         return f"invalid {error.title}: " + "; ".join(
@@ -247,7 +284,7 @@ def _open(args: argparse.Namespace) -> Runtime:
     args.first_start = (
         args.handler is evolver and settings.store.url is None and not (settings.data_dir / "ecosystem.db").is_file()
     )
-    creating = (args.handler is init and args.demo is not None) or args.first_start
+    creating = (args.handler is init and (args.demo or args.family) is not None) or args.first_start
     runtime, family = None, None
     if creating or settings.store.url is not None or (settings.data_dir / "ecosystem.db").is_file():
         runtime = open_runtime(settings)
@@ -258,8 +295,8 @@ def _open(args: argparse.Namespace) -> Runtime:
         refusal = Conflict(f"{settings.data_dir} already holds a {family} ecosystem; nothing changed")
     elif family is None and not creating:
         refusal = NotFound(
-            f"no ecosystem in {settings.data_dir} yet: `m2n2 init --demo digits` creates the digits demo "
-            "(the only kind the CLI creates so far); --data-dir chooses another directory"
+            f"no ecosystem in {settings.data_dir} yet: `m2n2 init --demo digits` creates the digits demo, "
+            "`m2n2 init --family causal-lm --base DIR` one of your own models; --data-dir chooses another directory"
         )
     if refusal is not None:
         if runtime is not None:
@@ -295,9 +332,14 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     p = add(commands, "init", init, "create an ecosystem in the data directory")
-    p.add_argument("--demo", choices=["digits"], help="build the digits demo: 2 specialists, train/test feedback")
-    p = add(commands, "register", register, "register a safetensors specialist")
-    p.add_argument("path", type=Path, metavar="PATH")
+    kind = p.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--demo", choices=["digits"], help="build the digits demo: 2 specialists, train/test feedback")
+    kind.add_argument("--family", choices=sorted(FAMILIES), help="an empty ecosystem of this model family")
+    arch = p.add_mutually_exclusive_group()
+    arch.add_argument("--base", metavar="DIR", help="causal-lm: the base model's directory (or hub id org/model)")
+    arch.add_argument("--layers", type=_layers, metavar="N,N,...", help="classifier: layer sizes, e.g. 64,256,10")
+    p = add(commands, "register", register, "register a specialist")
+    p.add_argument("path", metavar="PATH", help="a safetensors file, a checkpoint directory, or a hub id org/model")
     p.add_argument("--name", required=True, metavar="NAME")
     p.add_argument("--by", default=ACTOR, metavar="WHO", help="who registers it (default: %(default)s)")
     p.add_argument("--source", metavar="S", help="where the weights come from")
@@ -344,6 +386,11 @@ def _parser() -> argparse.ArgumentParser:
     p = add(commands, "export", export, "write a model's weights and model card into a directory")
     p.add_argument("model", metavar="MODEL", help="a model name or id")
     p.add_argument("dir", type=Path, metavar="DIR", help="where model.safetensors and README.md go")
+    p = add(commands, "rebuild", rebuild, "recreate an evicted model's weights from its lineage")
+    p.add_argument("model", metavar="MODEL", help="a model name or id")
+    p = add(commands, "pin", pin, "keep a model's weights even after it leaves the archive")
+    p.add_argument("model", metavar="MODEL", help="a model name or id")
+    p.add_argument("--off", action="store_true", help="release the pin instead")
     return parser
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from sqlalchemy.orm import Session
 
-from ecosystem import metrics, promotion, scoring, store
+from ecosystem import metrics, promotion, scoring, store, weights
 from ecosystem.db import begin_write
 from ecosystem.genome_store import GenomeStore, genome_store
 from ecosystem.promotion import Outcome
@@ -157,6 +157,7 @@ class Evolver:
                 session, steps_before + report.steps, evolver.generator_.get_state().numpy().tobytes()
             )
             session.commit()
+        weights.collect_garbage(self.runtime)  # evicted members' files go; their lineage rows can rebuild them
         report.admitted_models = [c.model_id for c in children if c.model_id is not None]
         self._export_archive_metrics(state)
         metrics.EVOLUTION_STEPS.inc(report.steps)

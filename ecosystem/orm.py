@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -113,6 +114,8 @@ class Model(Base):
     registered_by: Mapped[str | None] = mapped_column(String(200))
     source: Mapped[str | None] = mapped_column(Text)
     licence: Mapped[str | None] = mapped_column(String(200))
+    # A pinned model keeps its weights file even when it leaves the archive (ecosystem.weights).
+    pinned: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     parent_a: Mapped["Model | None"] = relationship(remote_side=[id], foreign_keys=[parent_a_id])
     parent_b: Mapped["Model | None"] = relationship(remote_side=[id], foreign_keys=[parent_b_id])

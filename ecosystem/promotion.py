@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from ecosystem import gate, metrics, scoring, store
+from ecosystem import gate, metrics, scoring, store, weights
 from ecosystem.db import begin_write
 from ecosystem.errors import Conflict
 from ecosystem.orm import Champion, ChampionEvent, Model
@@ -139,8 +139,7 @@ def promote(runtime: Runtime, model_ref: str | int, actor: str, reason: str = "p
     with runtime.sessions() as session:
         begin_write(session)  # reads, then moves the pointer: hold the SQLite write lock throughout
         model = store.model_by_name_or_id(session, model_ref)
-        if not runtime.artifacts.exists(model.sha256):
-            raise Conflict(f"model {model.name!r} left the archive in the tick that made it; its weights were not kept")
+        weights.ensure(runtime, model)  # an evicted child's weights are rebuilt from its lineage
         current = store.champion(session)
         if current is None:
             event = store.set_champion(session, model.id, "initial", actor, reason=reason)

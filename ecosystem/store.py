@@ -700,6 +700,29 @@ def previous_champion(session: Session) -> Model | None:
     return None
 
 
+def retained_model_ids(session: Session, keep_champions: int) -> set[int]:
+    """Models whose weights must stay on disk: archive members, registered and pinned models, the champion,
+    the models of the newest ``keep_champions`` champion moves (with those they replaced), and the rollback target.
+    """
+    keep = set(session.scalars(select(ArchiveSlot.model_id)))
+    keep.update(session.scalars(select(Model.id).where((Model.kind == "specialist") | Model.pinned)))
+    current = champion(session)
+    if current is not None:
+        keep.add(current.model_id)
+    for event in champion_history(session, keep_champions):
+        keep.update(i for i in (event.model_id, event.previous_model_id) if i is not None)
+    target = previous_champion(session)
+    if target is not None:
+        keep.add(target.id)
+    return keep
+
+
+def set_pinned(session: Session, model: Model, pinned: bool) -> None:
+    """Pin a model (its weights are kept whatever happens to it) or release the pin."""
+    model.pinned = pinned
+    session.flush()
+
+
 # --- evolution state ---------------------------------------------------------------------------------------
 
 
