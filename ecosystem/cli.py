@@ -332,7 +332,7 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     p = add(commands, "init", init, "create an ecosystem in the data directory")
-    kind = p.add_mutually_exclusive_group(required=True)
+    kind = p.add_mutually_exclusive_group()
     kind.add_argument("--demo", choices=["digits"], help="build the digits demo: 2 specialists, train/test feedback")
     kind.add_argument("--family", choices=sorted(FAMILIES), help="an empty ecosystem of this model family")
     arch = p.add_mutually_exclusive_group()

@@ -112,7 +112,7 @@ class Classifier:
         """``model.safetensors`` in the ecosystem's tensor order (load it with ``safetensors.torch.load_file``)."""
         directory.mkdir(parents=True, exist_ok=True)
         space = self.space(config)
-        return [write_safetensors(directory / WEIGHTS, space, iter_tensors(source, space), {"format": "pt"})]
+        return [write_safetensors(directory / WEIGHTS, space, iter_tensors(source, space))]
 
     def smoke_inputs(self, config: Mapping[str, Any]) -> list:
         """One all-zero feature vector."""
