@@ -54,14 +54,15 @@ def resolve(ref: str | Path, *, cache_dir: str | Path | None = None, local_files
     if path.is_dir():
         return path.resolve()
     repo_id, revision = parse(str(ref))
-    import huggingface_hub  # imported here: resolving a directory needs none of it
+    # Imported here: resolving a directory needs none of it.
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    offline = huggingface_hub.constants.is_offline_mode() if local_files_only is None else local_files_only
-    cache = Path(cache_dir) if cache_dir is not None else Path(huggingface_hub.constants.HF_HUB_CACHE)
+    offline = constants.is_offline_mode() if local_files_only is None else local_files_only
+    cache = Path(cache_dir) if cache_dir is not None else Path(constants.HF_HUB_CACHE)
     logger.info("resolving %s (revision %s) %s", repo_id, revision or "main", "from the cache" if offline else "")
     try:
-        snapshot = huggingface_hub.snapshot_download(
+        snapshot = snapshot_download(
             repo_id,
             revision=revision,
             cache_dir=cache,

@@ -76,6 +76,7 @@ def llama_config(vocab_size: int, **overrides: object) -> LlamaConfig:
         bos_token_id=0,
         eos_token_id=0,
         pad_token_id=0,
+        architectures=["LlamaForCausalLM"],
     )
     fields.update(overrides)
     return LlamaConfig(**fields)
@@ -84,7 +85,14 @@ def llama_config(vocab_size: int, **overrides: object) -> LlamaConfig:
 def gpt2_config(vocab_size: int, **overrides: object) -> GPT2Config:
     """A two-layer GPT-2 whose ``lm_head`` is tied to ``wte``."""
     fields = dict(
-        vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=256, bos_token_id=0, eos_token_id=0
+        vocab_size=vocab_size,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=256,
+        bos_token_id=0,
+        eos_token_id=0,
+        architectures=["GPT2LMHeadModel"],
     )
     fields.update(overrides)
     return GPT2Config(**fields)

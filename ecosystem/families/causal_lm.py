@@ -30,9 +30,10 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import BaseModel, Field
 from torch import nn
 
 from ecosystem import hub
@@ -65,6 +66,13 @@ TRAILING_PUNCTUATION = (
     ".,;:!?\u3002\u3001\uff01\uff1f"  # ASCII, then ideographic full stop and comma, fullwidth ! and ?
 )
 NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+|(?=\.\d))(?:\.\d+)?")
+Prompt = Annotated[str, Field(min_length=1, description="a prompt the model continues")]
+
+
+class Completion(BaseModel):
+    """The causal LM's answer for one prompt."""
+
+    text: str = Field(description="the greedy completion (at most max_new_tokens, without the EOS token)")
 
 
 @register_family
@@ -74,6 +82,8 @@ class CausalLM:
     name = "causal-lm"
     scoring_rules: tuple[str, ...] = SCORING_RULES
     api = "completions"
+    predict_input = Prompt
+    predict_output = Completion
 
     def create_config(self, options: Mapping[str, Any], root: Path) -> dict[str, Any]:
         """Copy the base's non-weight files to ``root/base``, record its parameter space, return the config."""

@@ -61,7 +61,7 @@ class Decoder:
                 logits_to_keep=1,
                 **{self.cache_arg: self.cache},
             )
-        self.cache = out.get("cache", out.get("past_key_values"))
+        self.cache = out["cache"] if "cache" in out else out.get("past_key_values")
         return out.logits[:, -1].float()  # (b, vocab)
 
     def advance(self, tokens: torch.Tensor) -> None:
