@@ -47,6 +47,16 @@ def train_tokenizer(vocab_size: int = 320, corpus: Sequence[str] = CORPUS) -> Pr
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=EOS, bos_token=EOS)
 
 
+def metaspace_tokenizer(vocab_size: int = 120, corpus: Sequence[str] = CORPUS) -> PreTrainedTokenizerFast:
+    """A SentencePiece-style BPE tokenizer (``▁`` marks spaces), whose decoder drops a sequence's leading space."""
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "</s>"], show_progress=False)
+    tokenizer.train_from_iterator(list(corpus), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", unk_token="<unk>")
+
+
 def save_model(
     directory: Path,
     model: PreTrainedModel,

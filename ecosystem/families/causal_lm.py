@@ -309,7 +309,7 @@ def _decode_stream(
     seeds = [s.seed if s.seed is not None else secrets.randbits(63) for s in samplings]
     generators = [generator_for(s, seed) for s, seed in zip(samplings, seeds, strict=True)]
     budgets = [min(s.max_tokens, context - len(r)) for s, r in zip(samplings, rows, strict=True)]
-    streams = [TextStream(tokenizer, s.stop) for s in samplings]
+    streams = [TextStream(tokenizer, s.stop, context=r) for s, r in zip(samplings, rows, strict=True)]
     counts, done = [0] * len(rows), [False] * len(rows)
     decoder = Decoder(module, rows, _pad_id(base_dir))
     while not all(done):

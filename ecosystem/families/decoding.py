@@ -12,6 +12,7 @@ exact-match scoring, so all three decode the same way.
   never streamed.
 """
 
+import functools
 import inspect
 import logging
 from collections.abc import Sequence
@@ -114,31 +115,47 @@ def _sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator
 
 
 class TextStream:
-    """A row's generated tokens as text, released in pieces that never split a character or show a stop string."""
+    """A row's generated tokens as text, released in pieces that never split a character or show a stop string.
 
-    def __init__(self, tokenizer, stop: Sequence[str] = ()) -> None:
+    Decoding is incremental, as vLLM's detokenizer does it: each step decodes only a short window of recent
+    tokens, and the window starts inside the prompt (``context``), so a completion's first word keeps the
+    space a SentencePiece tokenizer drops when a sequence starts with it.
+    """
+
+    CONTEXT_TOKENS = 5  # prompt tokens decoded before the completion's first one
+
+    def __init__(self, tokenizer, stop: Sequence[str] = (), context: Sequence[int] = ()) -> None:
         self.tokenizer = tokenizer
         self.stop = tuple(s for s in stop if s)
-        self.tokens: list[int] = []
-        self.text = ""  # all text decoded so far
+        self.tokens = list(context)[-self.CONTEXT_TOKENS :]
+        self.prefix_offset, self.read_offset = 0, len(self.tokens)  # window start; end of text already decoded
+        self.text = ""  # the completion decoded so far
         self.sent = 0  # characters of ``text`` already released
 
     def push(self, token: int) -> tuple[str, bool]:
         """Add a token; the newly releasable text and whether a stop string has appeared (text cut before it)."""
         self.tokens.append(token)
-        # Decoding the whole completion each step keeps the text exact (merges across tokens, spacing rules).
-        self.text = self.tokenizer.decode(self.tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        self.text += self._decode_new(final=False)
         hit = self._first_stop()
         if hit is not None:
             self.text = self.text[:hit]
             return self._release(len(self.text)), True
-        ready = len(self.text.rstrip(REPLACEMENT_CHAR))  # an incomplete character waits for its next bytes
-        ready -= self._stop_prefix_len(self.text[:ready])
-        return self._release(max(ready, self.sent)), False
+        return self._release(len(self.text) - self._stop_prefix_len(self.text)), False
 
     def flush(self) -> str:
         """Release everything held back (the completion ended without a stop string)."""
+        self.text += self._decode_new(final=True)
         return self._release(len(self.text))
+
+    def _decode_new(self, final: bool) -> str:
+        """Text the tokens after ``read_offset`` add; empty while they end inside a character (unless final)."""
+        decode = functools.partial(self.tokenizer.decode, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        prefix = decode(self.tokens[self.prefix_offset : self.read_offset])
+        full = decode(self.tokens[self.prefix_offset :])
+        if len(full) <= len(prefix) or (full.endswith(REPLACEMENT_CHAR) and not final):
+            return ""  # nothing visible yet, or an incomplete character waiting for its next bytes
+        self.prefix_offset, self.read_offset = self.read_offset, len(self.tokens)
+        return full[len(prefix) :]
 
     def _release(self, end: int) -> str:
         piece, self.sent = self.text[self.sent : end], max(end, self.sent)

@@ -10,7 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_models import CORPUS, fine_tune, gpt2_config, llama_config, save_model, tiny_gpt2, tiny_llama, train_tokenizer
+from hf_models import (
+    CORPUS,
+    fine_tune,
+    gpt2_config,
+    llama_config,
+    metaspace_tokenizer,
+    save_model,
+    tiny_gpt2,
+    tiny_llama,
+    train_tokenizer,
+)
 from huggingface_hub import constants as hub_constants
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -382,6 +392,14 @@ def test_text_streams_never_split_a_character_or_show_a_stop_string(ecosystems: 
         if stopped:
             break
     assert stopped and released == "日本語の"
+
+
+def test_a_completion_keeps_the_space_before_its_first_word() -> None:
+    tokenizer = metaspace_tokenizer()
+    prompt, whole = tokenizer("Once upon a")["input_ids"], tokenizer("Once upon a time")["input_ids"]
+    assert whole[: len(prompt)] == prompt and tokenizer.decode(whole[len(prompt) :]) == "time"  # the space is lost
+    stream = TextStream(tokenizer, context=prompt)
+    assert "".join(stream.push(i)[0] for i in whole[len(prompt) :]) + stream.flush() == " time"
 
 
 def test_chat_prompt_context_length_and_token_counts(family: Family, ecosystems: dict) -> None:
