@@ -53,6 +53,8 @@ def resolve(ref: str | Path, *, cache_dir: str | Path | None = None, local_files
     path = Path(ref).expanduser()
     if path.is_dir():
         return path.resolve()
+    if path.exists():
+        raise ModelNotAvailable(f"{ref}: a file; expected a model directory or a hub id like 'org/name'")
     repo_id, revision = parse(str(ref))
     # Imported here: resolving a directory needs none of it.
     from huggingface_hub import constants, snapshot_download

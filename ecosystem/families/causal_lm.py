@@ -131,9 +131,12 @@ class CausalLM:
         if not isinstance(target, str) or not target.strip():
             raise ValueError(f"target: expected a non-empty answer string, got {target!r}")
         prompt_ids = _encode(cfg["base_dir"], [inputs])[0]
-        n = len(prompt_ids) + len(_target_ids(cfg["base_dir"], inputs, prompt_ids, target))
-        if n > self.context_length(cfg):
-            raise ValueError(f"inputs: prompt and target take {n} tokens; the context is {self.context_length(cfg)}")
+        n, context = (
+            len(prompt_ids) + len(_target_ids(cfg["base_dir"], inputs, prompt_ids, target)),
+            self.context_length(cfg),
+        )
+        if n > context:
+            raise ValueError(f"inputs: prompt and target take {n} tokens; the context is {context}")
 
     def space(self, config: Mapping[str, Any]) -> ParamSpace:
         """The base checkpoint's tensors in state-dict order (read once per base directory)."""
@@ -305,6 +308,8 @@ def _decode_stream(
     module: nn.Module, base_dir: str, rows: list[list[int]], samplings: list[Sampling], context: int
 ) -> Iterator[list[Delta | None]]:
     """Decode rows together until each stops (EOS, a stop string, its ``max_tokens`` or the context)."""
+    if not rows:
+        return
     tokenizer, eos = _tokenizer_at(base_dir), _eos_ids_at(base_dir)
     seeds = [s.seed if s.seed is not None else secrets.randbits(63) for s in samplings]
     generators = [generator_for(s, seed) for s, seed in zip(samplings, seeds, strict=True)]
@@ -312,7 +317,7 @@ def _decode_stream(
     streams = [TextStream(tokenizer, s.stop, context=r) for s, r in zip(samplings, rows, strict=True)]
     counts, done = [0] * len(rows), [False] * len(rows)
     decoder = Decoder(module, rows, _pad_id(base_dir))
-    while not all(done):
+    while True:
         live = decoder.rows.tolist()
         tokens = pick_tokens(decoder.logits(), [samplings[i] for i in live], [generators[i] for i in live])  # (b,)
         step: list[Delta | None] = [None] * len(rows)
@@ -324,6 +329,8 @@ def _decode_stream(
             step[i] = Delta(text, reason, counts[i])
             done[i] = reason is not None
         yield step
+        if all(done):
+            return
         decoder.advance(tokens)
         decoder.keep(torch.tensor([not done[i] for i in live]))
 

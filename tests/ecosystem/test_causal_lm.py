@@ -180,6 +180,17 @@ def test_hub_resolve_reads_the_environment(models: Path, tmp_path: Path) -> None
     assert Path(out.stdout.strip()) == snapshot
 
 
+def test_create_config_refuses_custom_code_and_files(family: Family, models: Path, tmp_path: Path) -> None:
+    custom = tmp_path / "custom"
+    shutil.copytree(models / "gpt2", custom)
+    config = json.loads((custom / "config.json").read_text())
+    (custom / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModelForCausalLM": "x.Model"}}))
+    with pytest.raises(RegistrationRefused, match=r"config.json: maps to custom code \(auto_map\)"):
+        family.create_config({"base": str(custom)}, tmp_path / "eco")
+    with pytest.raises(hub.ModelNotAvailable, match="a file; expected a model directory"):
+        family.create_config({"base": str(custom / "config.json")}, tmp_path / "eco")
+
+
 def test_create_config_refuses_bad_options_before_copying(family: Family, models: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"config.batch_size: expected a positive integer"):
         family.create_config({"base": str(models / "llama"), "batch_size": 0}, tmp_path)
@@ -361,6 +372,16 @@ def test_stop_strings_max_tokens_and_eos_set_the_finish_reason(family: Family, e
         family.generate(tuned, ecosystems["llama"], [QUESTIONS[0][0]], [Sampling(max_tokens=30, temperature=0)]), 1
     )
     assert answer == QUESTIONS[0][1] and end.finish_reason == "stop" and 1 < end.completion_tokens < 30  # EOS
+
+
+def test_empty_batches_and_an_empty_prompt(family: Family, ecosystems: dict, models: Path) -> None:
+    config, module = ecosystems["gpt2"], family.build(ecosystems["gpt2"], source(models / "gpt2"))
+    assert list(family.generate(module, config, [], [])) == []
+    assert family.score(module, config, [], [], "exact_match").shape == (0,)
+    assert family.score(module, config, [], [], "likelihood").shape == (0,)
+    assert family.count_tokens(config, "") == 1  # an empty prompt starts from BOS, as transformers' generate does
+    _, (end,) = text_of(family.generate(module, config, [""], [Sampling(max_tokens=4, temperature=0)]), 1)
+    assert end.completion_tokens <= 4 and end.finish_reason in ("stop", "length")
 
 
 def test_generate_checks_its_arguments_before_decoding(family: Family, ecosystems: dict, models: Path) -> None:
