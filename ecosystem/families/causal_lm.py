@@ -355,8 +355,10 @@ def _target_likelihood(module: nn.Module, rows: list[list[int]], lengths: torch.
     with torch.inference_mode():
         # Only the last k + 1 positions' logits are needed: left padding puts every target at the end.
         logits = module(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=k + 1).logits
-    log_probs = logits[:, :-1].float().log_softmax(dim=-1)  # (b, k, vocab): predictions of the last k tokens
-    token_log_probs = log_probs.gather(-1, ids[:, -k:, None]).squeeze(-1).cpu()  # (b, k)
+    logits = logits[:, :-1].float()  # (b, k, vocab): predictions of the last k tokens
+    # log p(token) = its logit - logsumexp(logits): no second (b, k, vocab) tensor, unlike log_softmax
+    picked = logits.gather(-1, ids[:, -k:, None]).squeeze(-1)  # (b, k)
+    token_log_probs = (picked - logits.logsumexp(dim=-1)).cpu()  # (b, k)
     in_target = torch.arange(k) >= k - lengths[:, None]  # (b, k)
     mean = torch.where(in_target, token_log_probs, 0.0).sum(dim=1) / lengths  # (b,)
     return mean.exp().clamp(0.0, 1.0)  # (b,)

@@ -67,19 +67,24 @@ class Decoder:
 
     def advance(self, tokens: torch.Tensor) -> None:
         """Append one token per live row; the next ``logits`` call feeds them."""
-        self.ids = tokens.to(self.device).view(-1, 1)  # (b, 1)
+        new_ids, new_positions = tokens.to(self.device).view(-1, 1), self.positions[:, -1:] + 1  # (b, 1) each
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], dim=1)  # (b, t + 1)
-        self.positions = self.positions[:, -1:] + 1  # (b, 1)
+        if self.cache is None:  # a model that keeps no cache reads the whole sequence again
+            self.ids = torch.cat([self.ids, new_ids], dim=1)  # (b, t + 1)
+            self.positions = torch.cat([self.positions, new_positions], dim=1)  # (b, t + 1)
+        else:
+            self.ids, self.positions = new_ids, new_positions
 
     def keep(self, live: torch.Tensor) -> None:
         """Keep only the live rows where ``live`` (b,) is true, dropping finished ones from the cache."""
         if bool(live.all()):
             return
         index = live.nonzero().view(-1)  # (b_kept,)
-        select = getattr(self.cache, "batch_select_indices", None)
-        if select is None:  # a cache that cannot shrink: finished rows keep being fed, their tokens ignored
-            return
-        select(index.to(self.device))
+        if self.cache is not None:
+            select = getattr(self.cache, "batch_select_indices", None)
+            if select is None:  # a cache that cannot shrink: finished rows keep being fed, their tokens ignored
+                return
+            select(index.to(self.device))
         self.rows = self.rows[index.cpu()]
         on_device = index.to(self.device)
         self.ids, self.mask, self.positions = self.ids[on_device], self.mask[on_device], self.positions[on_device]

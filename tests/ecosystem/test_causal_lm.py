@@ -24,6 +24,7 @@ from hf_models import (
 from huggingface_hub import constants as hub_constants
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ecosystem import hub
 from ecosystem.errors import RegistrationRefused
@@ -341,6 +342,25 @@ def test_greedy_generation_is_deterministic_and_matches_predict(family: Family, 
     second, _ = text_of(family.generate(module, config, PROMPTS, greedy), len(PROMPTS))
     assert first == second == [p["text"] for p in family.predict(module, config, PROMPTS)]
     assert all(d.completion_tokens <= 12 and d.finish_reason in ("stop", "length") for d in last)
+
+
+class WithoutCache(torch.nn.Module):
+    """A causal LM that keeps no KV cache (as some architectures do): the decoder must feed whole sequences."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep, **_) -> CausalLMOutputWithPast:
+        out = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        return CausalLMOutputWithPast(logits=out.logits[:, -logits_to_keep:])
+
+
+def test_decoding_without_a_cache_gives_the_same_text(family: Family, ecosystems: dict, models: Path) -> None:
+    config, module = ecosystems["llama"], family.build(ecosystems["llama"], source(models / "llama"))
+    greedy = [Sampling(max_tokens=12, temperature=0), Sampling(max_tokens=5, temperature=0)]
+    cached, _ = text_of(family.generate(module, config, PROMPTS[:2], greedy), 2)
+    assert text_of(family.generate(WithoutCache(module), config, PROMPTS[:2], greedy), 2)[0] == cached
 
 
 def test_a_seed_reproduces_its_text_whatever_it_is_batched_with(family: Family, ecosystems: dict, models: Path) -> None:
