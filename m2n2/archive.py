@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from m2n2.competition import attraction, point_weights, sample_index
+from m2n2.competition import attraction, point_weights, sample_index, shared_fitness_matrix
 from m2n2.errors import ShapeMismatch
 
 
@@ -28,8 +28,8 @@ class Archive:
     def _refresh(self) -> None:
         self.totals = self.scores.sum(dim=0)  # z_j, (n_points,)
         self.capacity = self.scores.amax(dim=0)  # c_j, (n_points,)
-        self.shared = self.scores * point_weights(self.totals, self.capacity, self.alpha)  # F, (size, n_points)
-        self.fitness = self.shared.sum(dim=1)  # f, (size,)
+        self.shared = shared_fitness_matrix(self.scores, self.alpha)  # F, (size, n_points)
+        self.fitness = self.shared.sum(dim=1)  # f, (size,): as competition.fitness sums it
 
     def put(self, slot: int, genome: Any, scores: torch.Tensor) -> Any:
         """Place a model in a slot; returns the genome it displaced (or None)."""

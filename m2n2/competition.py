@@ -27,8 +27,12 @@ def shared_fitness_matrix(scores: torch.Tensor, alpha: float = 1.0) -> torch.Ten
 
 
 def fitness(scores: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-    """f_i = sum_j F_ij, shape (n_models,). All-zero rows (empty slots) get zero fitness."""
-    return scores @ point_weights(scores.sum(dim=0), scores.amax(dim=0), alpha)
+    """f_i = sum_j F_ij, shape (n_models,). All-zero rows (empty slots) get zero fitness.
+
+    Summed row by row (not as a matrix-vector product, which sums rows in different orders), so
+    models with equal scores get bit-identical fitness and ties are decided by the tie rule alone.
+    """
+    return shared_fitness_matrix(scores, alpha).sum(dim=1)
 
 
 def attraction(shared: torch.Tensor, parent_a: int) -> torch.Tensor:
