@@ -23,7 +23,10 @@ ALLOW_PATTERNS = [
     "*.jinja",
     "*.tiktoken",
 ]
-IGNORE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.msgpack", "*.h5", "*.onnx", "*.gguf"]
+IGNORE_PATTERNS = [
+    *("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.msgpack", "*.h5", "*.onnx", "*.gguf"),
+    "consolidated*.safetensors",  # a second copy of the weights in another tool's layout (Mistral's repositories)
+]
 # The hub's own rule for repository ids: two names of letters, digits, '-', '_' and '.'.
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 

@@ -253,6 +253,13 @@ class CausalLM:
     ) -> Iterator[list[Delta | None]]:
         """Decode every prompt in one batch; per step, a ``Delta`` per unfinished prompt and None for finished ones.
 
+        Each step samples one token per unfinished row: greedy at temperature 0, else from the top-p nucleus
+        of softmax(logits / temperature) with the row's own generator, seeded by ``Sampling.seed`` (a fresh
+        random seed when None). A row finishes with "stop" at an EOS token (not counted in the text, counted in
+        ``completion_tokens``) or when its text contains a stop string (the text ends before it, and no part
+        of it is ever streamed), else with "length" after ``max_tokens`` tokens or at the context's end.
+        ``Delta.text`` is the text new since the row's previous delta (possibly empty while a multi-byte
+        character or a possible stop string is incomplete); the pieces of a row join into its completion.
         Arguments are checked now (``ValueError`` naming the field); decoding happens as the iterator is read.
         """
         cfg = self.validate_config(config)

@@ -256,8 +256,8 @@ def checkpoint_space(directory: Path, files: list[Path]) -> ParamSpace:
     unknown = sorted(set(found) - set(order))
     if unknown:
         raise RegistrationRefused(
-            f"checkpoint tensor {unknown[0]!r} is not in {type(model).__name__}'s state dict "
-            "(checkpoints that need transformers' key conversion are not supported)"
+            f"checkpoint tensor {unknown[0]!r} is not in {type(model).__name__}'s state dict; names that need "
+            "transformers' key conversion (legacy prefixes, per-expert MoE weights) are not supported"
         )
     tied = {name for name, _ in model.named_parameters(remove_duplicate=False)} - dict(model.named_parameters()).keys()
     missing = [name for name in order if name not in found and name not in tied]

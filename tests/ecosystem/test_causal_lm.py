@@ -500,6 +500,11 @@ def test_weight_files_of_matching_directories(family: Family, ecosystems: dict, 
     bare = tmp_path / "no-tokenizer"  # a fine-tune saved without its tokenizer uses the base's
     save_model(bare, AutoModelForCausalLM.from_pretrained(models / "llama"), None)
     assert family.weight_files(config, bare) == [bare / "model.safetensors"]
+    fields = json.loads((bare / "config.json").read_text())
+    bookkeeping = {"transformers_version": "5.0.0", "dtype": "bfloat16", "_name_or_path": "me/x", "use_cache": False}
+    unused_at_inference = {"attention_dropout": 0.1, "initializer_range": 0.02, "eos_token_id": [0, 1]}
+    (bare / "config.json").write_text(json.dumps({**fields, **bookkeeping, **unused_at_inference}))
+    assert family.weight_files(config, bare) == [bare / "model.safetensors"]
 
 
 def config_only(directory: Path, config) -> Path:
