@@ -1,13 +1,15 @@
-"""What the CLI shows: an ecosystem's status, a lineage tree, a registration, and an exported model card.
+"""What the CLI and the HTTP service show: status, lineage, champion moves, registrations, exports.
 
-``collect_status`` gathers plain JSON-ready data (``m2n2 status --json`` prints it as is);
-the ``format_*`` functions turn data into text and touch no database.
+``collect_status``, ``status``, ``lineage_rows`` and ``champion_move`` gather plain JSON-ready
+data (``m2n2 status --json`` prints it as is; the service answers it); the ``format_*``
+functions turn data into text and touch no database. ``export_model`` writes a model in its
+family's native layout with a model card, for ``m2n2 export`` and ``/export`` alike.
 """
 
-import hashlib
 import math
 import os
-import shutil
+import tempfile
+import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,13 +17,16 @@ from typing import Any
 import torch
 from sqlalchemy.orm import Session
 
-from ecosystem import scoring, store
-from ecosystem.errors import Conflict, EcosystemError, NotFound
-from ecosystem.orm import Model
+from ecosystem import scoring, store, weights
+from ecosystem.db import begin_write
+from ecosystem.errors import Conflict
+from ecosystem.orm import ChampionEvent, Model
 from ecosystem.runtime import Runtime
 from ecosystem.specialists import Registration
 
 Scores = dict[str, float | None]  # task name -> mean score (None: the task has no such points yet)
+HISTORY = 20  # champion moves ``status`` lists
+WEIGHTS, CARD = "model.safetensors", "README.md"  # the classifier's exported file; every export's model card
 
 
 def per_task(scores: torch.Tensor, points: scoring.PointSet) -> Scores:
@@ -94,6 +99,54 @@ def collect_status(session: Session, runtime: Runtime) -> dict[str, Any]:
         "coverage": {"all": float(best.mean()) if len(fitness) else None, "tasks": per_task(best, fitness)},
         "champion": champion,
     }
+
+
+def status(runtime: Runtime, history: int = HISTORY) -> dict[str, Any]:
+    """``collect_status`` in its own transaction, plus the newest ``history`` champion moves (newest first)."""
+    with runtime.sessions() as session:
+        begin_write(session)  # gate scores not stored yet are computed and kept
+        data = collect_status(session, runtime)
+        data["history"] = [champion_move(session, event) for event in store.champion_history(session, history)]
+        session.commit()
+    return data
+
+
+def champion_move(session: Session, event: ChampionEvent) -> dict[str, Any]:
+    """A promotion or rollback with the gate evidence behind it, models named."""
+    previous = None if event.previous_model_id is None else store.get_model(session, event.previous_model_id).name
+    fields = ("action", "version", "champion_score", "challenger_score", "p_value", "n_points", "reason", "actor")
+    return {
+        **{f: getattr(event, f) for f in fields},
+        "model": store.get_model(session, event.model_id).name,
+        "previous_model": previous,
+        "created_at": event.created_at,
+    }
+
+
+def newest_move(runtime: Runtime) -> dict[str, Any]:
+    """The newest champion move (what a promote or rollback just did)."""
+    with runtime.sessions() as session:
+        return champion_move(session, store.champion_history(session, 1)[0])
+
+
+def lineage_rows(runtime: Runtime, model_ref: str | int, max_depth: int | None = None) -> list[dict[str, Any]]:
+    """The model and every ancestor as JSON-ready rows: how each was made, its parents by name, source, licence."""
+    with runtime.sessions() as session:
+        ancestors = store.lineage(session, store.model_by_name_or_id(session, model_ref).id, max_depth=max_depth)
+    names = {a.model.id: a.model.name for a in ancestors}
+    fields = ("kind", "operator", "generation", "split_point", "mixing_ratio", "sha256", "registered_by", "source")
+    return [
+        {
+            "model": a.model.name,
+            "model_id": a.model.id,
+            "depth": a.depth,
+            **{f: getattr(a.model, f) for f in fields},
+            "licence": a.model.licence,
+            "parents": [names.get(p, str(p)) for p in a.model.parent_ids],
+            "created_at": a.model.created_at,
+        }
+        for a in ancestors
+    ]
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -187,7 +240,9 @@ def licences(models: Iterable[Model]) -> tuple[list[str], list[str]]:
     return sorted(stated), unstated
 
 
-def format_model_card(ancestors: Sequence[store.Ancestor], family: str, config: dict[str, Any]) -> str:
+def format_model_card(
+    ancestors: Sequence[store.Ancestor], family: str, config: dict[str, Any], files: Sequence[str] = (WEIGHTS,)
+) -> str:
     """A README.md for an exported model: what it is, every ancestor with source, licence and merge, the licences."""
     model = ancestors[0].model
     stated, unstated = licences(a.model for a in ancestors)
@@ -201,7 +256,8 @@ def format_model_card(ancestors: Sequence[store.Ancestor], family: str, config: 
         "",
         f"A `{family}` model with config `{config}` exported from an m2n2 ecosystem: {made}.",
         "",
-        f"- weights: `model.safetensors`, sha256 `{model.sha256}`, {model.n_bytes} bytes",
+        f"- files: {', '.join(f'`{f}`' for f in files)}",
+        f"- weights as stored in the ecosystem: sha256 `{model.sha256}`, {model.n_bytes} bytes",
         f"- created: {model.created_at.isoformat()}",
     ]
     if model.registered_by:
@@ -262,40 +318,42 @@ def format_registration(r: Registration) -> str:
 
 
 def require_weights(runtime: Runtime, model: Model) -> None:
-    """``NotFound`` unless the model's weights are stored (children that never survived a tick have none)."""
-    if not runtime.artifacts.exists(model.sha256):
-        raise NotFound(
-            f"model {model.name!r} has no stored weights: a child that left the archive in the tick that made it "
-            "keeps only its lineage; use an archive member or a champion"
-        )
+    """Make sure the model's weights file exists: an evicted child's is recreated from its lineage (its recipe)."""
+    weights.ensure(runtime, model)
 
 
 def export_model(runtime: Runtime, model_ref: str, directory: str | os.PathLike) -> list[store.Ancestor]:
-    """Write ``model.safetensors`` (a checked copy of the artifact) and ``README.md``; returns the lineage."""
+    """Write the model in its family's native layout plus ``README.md`` (the model card); returns the lineage.
+
+    ``directory`` must be new or empty, so an export never mixes with other files.
+    """
     with runtime.sessions() as session:
         model = store.model_by_name_or_id(session, model_ref)
         ancestors = store.lineage(session, model.id)
-        eco = store.get_ecosystem(session)
+        family, config, _ = runtime.family(session)
     require_weights(runtime, model)
     directory = Path(directory)
-    weights, card = directory / "model.safetensors", directory / "README.md"
-    if clash := [p for p in (weights, card) if p.exists()]:
-        raise Conflict(f"{clash[0]} already exists; export into a new or empty directory")
+    if directory.exists() and any(directory.iterdir()):
+        raise Conflict(f"{directory} already exists and is not empty; export into a new or empty directory")
     directory.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(runtime.artifacts.path_for(model.sha256), weights)
-    if _sha256(weights) != model.sha256:  # the copy is what users ship: check it, not only the source
-        weights.unlink()
-        raise EcosystemError(f"the stored artifact of {model.name!r} no longer matches its sha256; nothing exported")
-    card.write_text(format_model_card(ancestors, eco.family, eco.family_config), encoding="utf-8")
+    with runtime.source(model) as source:
+        written = family.export(config, source, directory)
+    files = sorted(p.relative_to(directory).as_posix() for p in written)
+    card = format_model_card(ancestors, family.name, config, files)
+    (directory / CARD).write_text(card, encoding="utf-8")
     return ancestors
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+def export_zip(runtime: Runtime, model_ref: str, directory: str | os.PathLike) -> Path:
+    """``export_model`` into a temporary folder of ``directory``, packed as one zip (for downloads); its path."""
+    directory = Path(directory)
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        export_model(runtime, model_ref, Path(tmp))
+        archive = directory / "model.zip"
+        with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for path in sorted(p for p in Path(tmp).rglob("*") if p.is_file()):
+                zf.write(path, path.relative_to(tmp).as_posix())
+    return archive
 
 
 def _parent(model_id: int | None, names: dict[int, str]) -> str:

@@ -3,6 +3,8 @@
 There is no timer: a request that finds the model idle runs at once, so a lone request
 never waits for company, and under load each batch takes everything that queued during
 the previous one (up to ``max_batch_size`` inputs). The batch size follows the load.
+A batch that fails (an input the family refuses) runs again call by call, so the error
+reaches only the call that caused it, with indices counted within that call.
 """
 
 import asyncio
@@ -34,16 +36,22 @@ class GreedyBatcher(Generic[M]):
     async def _drain(self) -> None:
         try:
             while self._queue:
-                batch = self._next_batch()
-                flat = [x for inputs, _ in batch for x in inputs]
-                try:
-                    model, outputs = await anyio.to_thread.run_sync(self.run, flat)
-                except Exception as error:
-                    _answer(batch, error=error)
-                    continue
-                _answer(batch, model=model, outputs=outputs)
+                await self._run(self._next_batch())
         finally:
             self._draining = None
+
+    async def _run(self, batch: list[tuple[list, asyncio.Future]]) -> None:
+        """One batch; if it fails, each of its calls again alone, so one call's bad input fails only that call."""
+        flat = [x for inputs, _ in batch for x in inputs]
+        try:
+            model, outputs = await anyio.to_thread.run_sync(self.run, flat)
+        except Exception as error:
+            if len(batch) == 1:
+                return _answer(batch, error=error)
+            for call in batch:
+                await self._run([call])
+            return
+        _answer(batch, model=model, outputs=outputs)
 
     def _next_batch(self) -> list[tuple[list, asyncio.Future]]:
         """Queued calls, oldest first, while their inputs fit in one batch (the first always does)."""

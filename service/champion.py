@@ -1,26 +1,38 @@
-"""The champion a worker serves, and the hot swap that replaces it.
+"""The champion a worker serves, and the hot swap that replaces it, for any model family.
 
 Each worker polls the champion pointer (one small query). When its version moves, the
-worker loads the new weights in a thread, builds a fresh module, runs a smoke inference
-and only then swaps one reference. A request reads that reference once, so in-flight
-requests finish on the model they started with and none fails because of a swap.
+worker builds the new champion in a thread (``family.build`` over a memory-mapped source,
+on ``M2N2_SERVICE__DEVICE``), runs the family's smoke input through it and only then swaps
+one reference. A request reads that reference once, so in-flight requests finish on the
+model they started with and none fails because of a swap.
+
+Memory: while a swap loads, the worker holds two models, the old one serving and the new
+one being built; the old one is freed when its last in-flight request ends. Never more:
+one swap runs at a time (the poll loop awaits it), and a further swap waits until the
+model retired by the previous one is gone (a long generation may still hold it).
 """
 
 import asyncio
+import gc
 import logging
 import math
 import time
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import torch
+from pydantic import TypeAdapter
 
 from ecosystem import metrics, store
 from ecosystem.families import Family
+from ecosystem.families.base import TextGeneration
 from ecosystem.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+RETIRE_PATIENCE = 120.0  # seconds a swap waits for requests on the model before last to finish
 
 
 @dataclass(frozen=True)
@@ -31,10 +43,17 @@ class Served:
     model_id: int
     model_name: str
     family: Family
+    config: dict[str, Any]
     module: torch.nn.Module
+    inputs: TypeAdapter = field(repr=False)  # one /predict call's inputs: list[family.predict_input]
+
+    @property
+    def generates_text(self) -> bool:
+        """Whether the OpenAI-compatible routes can run on it."""
+        return self.family.api == "completions" and isinstance(self.family, TextGeneration)
 
     def predict(self, inputs: list) -> list[dict[str, Any]]:
-        return self.family.predict(self.module, inputs)
+        return self.family.predict(self.module, self.config, inputs)
 
 
 class SmokeTestFailed(RuntimeError):
@@ -44,11 +63,11 @@ class SmokeTestFailed(RuntimeError):
 class ChampionWatcher:
     """Keeps ``current`` on the newest champion of the store, for one worker."""
 
-    def __init__(self, runtime: Runtime, worker: str) -> None:
-        self.runtime, self.worker = runtime, worker
+    def __init__(self, runtime: Runtime, worker: str, device: str = "cpu") -> None:
+        self.runtime, self.worker, self.device = runtime, worker, device
         self.current: Served | None = None
-        self.input_width: int | None = None  # set with the first champion: predict inputs are checked against it
         self._failed_version: int | None = None  # a version that failed its smoke test is not retried
+        self._retired: weakref.ref[Served] | None = None  # the model the last swap replaced, while requests hold it
 
     def pointer(self) -> tuple[int, int] | None:
         """(version, model id) of the stored champion, or None while there is none."""
@@ -57,16 +76,17 @@ class ChampionWatcher:
             return None if current is None else (current.version, current.model_id)
 
     def load(self, version: int, model_id: int) -> Served:
-        """Build the champion's module from its artifact and check it answers the smoke input."""
+        """Build the champion from its memory-mapped artifact and check it answers the smoke input finitely."""
         with self.runtime.sessions() as session:
             model = store.get_model(session, model_id)
             family, config, _ = self.runtime.family(session)
-        module = family.build(config, self.runtime.state_dict(model))
-        smoke_inputs = family.smoke_inputs(config)
-        if not _finite(family.predict(module, smoke_inputs)):
+        # mmap: the weights are copy-on-write views of the file, so workers serving it share its pages.
+        with self.runtime.source(model, mmap=True) as source:
+            module = family.build(config, source, self.device)
+        if not _finite(family.predict(module, config, family.smoke_inputs(config))):
             raise SmokeTestFailed(f"model {model.name!r} (version {version}) gave a non-finite smoke output")
-        self.input_width = len(smoke_inputs[0])
-        return Served(version, model.id, model.name, family, module)
+        adapter = _inputs_adapter(family)
+        return Served(version, model.id, model.name, family, config, module, adapter)
 
     async def refresh(self) -> bool:
         """Swap in the stored champion if its version moved; True when a swap happened."""
@@ -75,6 +95,7 @@ class ChampionWatcher:
             return False
         if self.current is not None and pointer[0] == self.current.version:
             return False
+        await self._retired_released()
         start = time.perf_counter()
         try:
             served = await anyio.to_thread.run_sync(self.load, *pointer)
@@ -82,19 +103,33 @@ class ChampionWatcher:
             self._failed_version = pointer[0]
             log.exception("worker %s keeps version %s", self.worker, self.current and self.current.version)
             return False
-        self.current = served  # the swap: one reference, read once per request
+        if self.current is not None:
+            self._retired = weakref.ref(self.current)
+        self.current = served  # the swap: one reference, read once per request or batch
         seconds = time.perf_counter() - start
         metrics.SERVED_VERSION.labels(self.worker).set(served.version)
         metrics.LAST_HOT_SWAP_SECONDS.labels(self.worker).set(seconds)
         metrics.HOT_SWAP_DURATION.observe(seconds)
         log.info(
-            "worker %s serves %s (version %d), swapped in %.3f s",
+            "worker %s serves %s (version %d) on %s, swapped in %.3f s",
             self.worker,
             served.model_name,
             served.version,
+            self.device,
             seconds,
         )
         return True
+
+    async def _retired_released(self, patience: float = RETIRE_PATIENCE) -> None:
+        """Wait until no request holds the model the previous swap retired, so at most two are in memory."""
+        deadline = time.monotonic() + patience
+        while self._retired is not None and self._retired() is not None:
+            if time.monotonic() > deadline:  # a stuck reference must not stop swaps forever
+                log.warning("worker %s: the retired champion is still referenced; loading the next anyway", self.worker)
+                break
+            gc.collect()  # a reference cycle (say, a traceback) may be all that holds it
+            await asyncio.sleep(0.05)
+        self._retired = None
 
     async def watch(self, poll_seconds: float) -> None:
         """Refresh forever; store errors (say, before the evolver created the store) are logged and retried."""
@@ -104,6 +139,16 @@ class ChampionWatcher:
             except Exception as error:  # the next poll retries; the worker keeps serving what it has
                 log.warning("worker %s could not check the champion: %s", self.worker, error)
             await asyncio.sleep(poll_seconds)
+
+
+_ADAPTERS: dict[str, TypeAdapter] = {}
+
+
+def _inputs_adapter(family: Family) -> TypeAdapter:
+    """A validator of one /predict call's inputs for ``family`` (built once per family: it compiles a schema)."""
+    if family.name not in _ADAPTERS:
+        _ADAPTERS[family.name] = TypeAdapter(list[getattr(family, "predict_input", Any)])
+    return _ADAPTERS[family.name]
 
 
 def _finite(outputs: list[dict[str, Any]]) -> bool:

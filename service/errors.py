@@ -1,26 +1,34 @@
-"""Ecosystem errors as HTTP answers: the status says who must act, the message says what to fix."""
+"""Ecosystem errors as HTTP answers: the status says who must act, the message says what to fix.
+
+One table (``STATUS``) maps exception classes to statuses; ``answers_errors`` applies it to
+every route, so an endpoint raises the ecosystem's own errors and never builds a response.
+"""
 
 import functools
+import inspect
 import logging
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import Any
 
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
-from ecosystem.errors import Conflict, InvalidInput, NotFound
+from ecosystem.errors import Conflict, EcosystemError, InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
 
-P = ParamSpec("P")
-R = TypeVar("R")
+
+class NotReady(EcosystemError):
+    """This worker has no champion loaded yet (503: retry once /readyz answers 200)."""
+
 
 # First match wins: a registration refusal or any invalid input is the caller's to fix (422).
 STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (NotFound, 404),
     (Conflict, 409),
     (InvalidInput, 422),
-    (ValueError, 422),  # a family's checks of configs and points
+    (ValueError, 422),  # a family's checks of configs, points and inputs
+    (NotReady, 503),
 )
 
 
@@ -35,18 +43,40 @@ def error_response(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def answers_errors(func: Callable[P, R]) -> Callable[P, R | JSONResponse]:
-    """Turn the ecosystem's errors raised by an API method into 4xx JSON answers; anything else stays a 500."""
+def invalid(error: ValidationError, prefix: str) -> InvalidInput:
+    """A validation error of a value the route checks itself, as ``InvalidInput`` naming each field under ``prefix``."""
+    fields = "; ".join(
+        f"{'.'.join([prefix, *map(str, e['loc'])])}: {e['msg']}" for e in error.errors(include_url=False)
+    )
+    return InvalidInput(f"invalid request: {fields}")
+
+
+def answers_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the ecosystem's errors raised by an API method (sync or async) into 4xx/503 JSON; others stay 500."""
+
+    def refused(error: Exception) -> JSONResponse:
+        status = status_of(error)
+        if status is None:
+            raise error
+        log.info("%s refused (%d): %s", func.__name__, status, error)
+        return error_response(status, " ".join(str(error).split()) or type(error).__name__)
+
+    if inspect.iscoroutinefunction(func):
+
+        @functools.wraps(func)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await func(*args, **kwargs)
+            except Exception as error:
+                return refused(error)
+
+        return wrapper
 
     @functools.wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | JSONResponse:
+    def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except Exception as error:
-            status = status_of(error)
-            if status is None:
-                raise
-            log.info("%s refused (%d): %s", func.__name__, status, error)
-            return error_response(status, " ".join(str(error).split()) or type(error).__name__)
+            return refused(error)
 
-    return wrapper
+    return sync_wrapper

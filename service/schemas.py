@@ -3,29 +3,45 @@
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-import bentoml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
 
-Finite = Annotated[float, Field(allow_inf_nan=False)]
+from ecosystem.families import FAMILIES
+
 PerTask = dict[str, float | None]  # task name -> mean score; None while the task has no such points
 
 
-def _served_width(features: list[float]) -> list[float]:
-    """Inputs must have the width of the served model (known once a worker has loaded its first champion)."""
-    width = getattr(bentoml.get_current_service(), "input_width", None)
-    if width is not None and len(features) != width:
-        raise ValueError(f"expected {width} features, got {len(features)}")
-    return features
+def _per_family(kind: str) -> list[dict[str, Any]]:
+    """The JSON schema of each registered family's /predict input or answer, titled by family (for the docs)."""
+    schemas = []
+    for name, family in sorted(FAMILIES.items()):
+        schema = TypeAdapter(getattr(family, kind, Any)).json_schema()
+        schemas.append({**schema, "title": f"{name}", "description": f"the {name} family"})
+    return schemas
 
 
-Features = Annotated[list[Finite], AfterValidator(_served_width)]
+def predict_inputs(max_inputs: int) -> Any:
+    """The type of /predict's ``inputs``: 1 to ``max_inputs`` values, checked against the served family's type.
+
+    Any JSON passes the request parser (the served family is known only once a champion is loaded);
+    the route validates each input against ``family.predict_input`` and names the bad field. The
+    OpenAPI document shows every family's input type.
+    """
+    return Annotated[
+        list[JsonValue],
+        Field(
+            min_length=1,
+            max_length=max_inputs,
+            description="inputs of the served family's type, e.g. feature vectors for the classifier",
+            json_schema_extra={"items": {"anyOf": _per_family("predict_input")}},
+        ),
+    ]
 
 
 class Prediction(BaseModel):
-    """The champion's answer for one input."""
+    """The champion's answer for one input: the served family's fields plus the model that answered."""
 
-    label: int
-    probabilities: list[float]
+    model_config = ConfigDict(extra="allow", json_schema_extra={"anyOf": _per_family("predict_output")})
+
     model: str = Field(description="name of the champion that answered")
     model_version: int = Field(description="champion version that answered (also in the X-Model-Version header)")
 

@@ -46,8 +46,9 @@ def test_predict_returns_labels_probabilities_and_the_served_version(client: htt
 @pytest.mark.parametrize(
     ("inputs", "field"),
     [
-        ([[1.0, 2.0]], "inputs.0: Value error, expected 64 features, got 2"),
-        ([["x"] * 64], "inputs.0.0"),
+        ([[1.0, 2.0]], "inputs[0]: expected a list of 64 numbers, got 2 values"),
+        ([DIGIT, [1.0, 2.0]], "inputs[1]: expected a list of 64 numbers, got 2 values"),
+        ([["x"] * 64], "inputs.0.0: Input should be a valid number"),
         ([], "inputs: List should have at least 1 item"),
     ],
 )

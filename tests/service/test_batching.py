@@ -56,3 +56,26 @@ def test_an_error_reaches_every_call_of_its_batch_and_the_next_batch_still_runs(
         return await batcher.submit([2])
 
     assert asyncio.run(scenario()) == ("v", [2])
+
+
+def test_a_bad_call_in_a_batch_fails_alone_with_its_own_indices() -> None:
+    model = SlowModel()
+
+    def picky(inputs: list[int]) -> tuple[str, list[int]]:
+        if any(x < 0 for x in inputs):
+            raise ValueError(f"inputs[{next(i for i, x in enumerate(inputs) if x < 0)}]: negative")
+        return model(inputs)
+
+    async def scenario():
+        batcher = GreedyBatcher(picky, max_batch_size=10)
+        first = asyncio.create_task(batcher.submit([1]))
+        await asyncio.sleep(0.05)
+        queued = [asyncio.create_task(batcher.submit(x)) for x in ([2, 3], [4, -1], [5])]
+        await asyncio.sleep(0.05)
+        model.release.set()
+        await first
+        return await asyncio.gather(*queued, return_exceptions=True)
+
+    good, bad, other = asyncio.run(scenario())
+    assert good == ("v2", [4, 6]) and other == ("v3", [10])  # the failed batch ran again call by call
+    assert isinstance(bad, ValueError) and str(bad) == "inputs[1]: negative"  # indexed within its own call
