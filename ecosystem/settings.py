@@ -102,6 +102,10 @@ class ServiceSettings(BaseModel):
     init_demo: bool = True  # an empty store gets the digits demo ecosystem on the evolver's first start
     evolver_url: str | None = None  # the evolver service's URL when it runs elsewhere (a cluster); None: started here
     device: Device = "cpu"  # where workers serve the champion: cpu, cuda or cuda:N
+    # OpenAI-compatible routes (families that generate text): the most tokens one completion may ask for
+    # (a larger max_tokens is refused with 422), and the most sequences (prompts times n) decoded in one batch.
+    max_tokens_cap: int = Field(512, ge=1)
+    max_generation_rows: int = Field(32, ge=1)
 
 
 class Settings(BaseSettings):
