@@ -90,33 +90,48 @@ class Decoder:
         self.ids, self.mask, self.positions = self.ids[on_device], self.mask[on_device], self.positions[on_device]
 
 
+# Temperatures below this decode greedily: dividing logits by less overflows float32 (vLLM uses the same bound).
+GREEDY_BELOW = 1e-5
+
+
+def is_greedy(sampling: Sampling) -> bool:
+    return sampling.temperature < GREEDY_BELOW
+
+
 def generator_for(sampling: Sampling, seed: int) -> torch.Generator | None:
     """A CPU generator seeded for one row (None for greedy rows, which draw nothing)."""
-    if sampling.temperature == 0:
-        return None
-    return torch.Generator().manual_seed(seed)
+    return None if is_greedy(sampling) else torch.Generator().manual_seed(seed)
 
 
 def pick_tokens(
     logits: torch.Tensor, samplings: Sequence[Sampling], generators: Sequence[torch.Generator | None]
 ) -> torch.Tensor:
-    """The next token of each row (b,): argmax when its temperature is 0, else a top-p sample from its generator."""
-    tokens = logits.argmax(dim=1).cpu()  # (b,)
-    for i, (sampling, generator) in enumerate(zip(samplings, generators, strict=True)):
-        if sampling.temperature > 0:
-            tokens[i] = _sample(logits[i], sampling, generator)
-    return tokens
+    """The next token of each row (b,), on the CPU: argmax for greedy rows, else a top-p draw from its generator.
+
+    Each sampled row draws one uniform number from its own generator and picks its token by inverse CDF on
+    the logits' device, all rows at once; so a row's tokens depend on its seed and logits alone.
+    """
+    tokens = logits.argmax(dim=1)  # (b,)
+    sampled = [i for i, s in enumerate(samplings) if not is_greedy(s)]
+    if sampled:
+        device = logits.device
+        index = torch.tensor(sampled, device=device)  # (s,)
+        temperature = torch.tensor([samplings[i].temperature for i in sampled], device=device)  # (s,)
+        top_p = torch.tensor([samplings[i].top_p for i in sampled], device=device)  # (s,)
+        u = torch.cat([torch.rand(1, generator=generators[i], dtype=torch.float64) for i in sampled])  # (s,)
+        tokens[index] = _draw(logits[index] / temperature[:, None], top_p, u.to(device))
+    return tokens.cpu()
 
 
-def _sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> int:
-    """One draw from softmax(logits / temperature) restricted to the top-p nucleus (sampled on the CPU)."""
-    probs = (logits.cpu() / sampling.temperature).softmax(dim=0)  # (vocab,)
-    if sampling.top_p < 1:
-        sorted_probs, order = probs.sort(descending=True)  # (vocab,) each
-        # Keep the smallest prefix whose mass reaches top_p (the most likely token always stays).
-        outside = sorted_probs.cumsum(dim=0) - sorted_probs >= sampling.top_p  # (vocab,)
-        probs = probs.scatter(0, order[outside], 0.0)  # (vocab,)
-    return int(torch.multinomial(probs, 1, generator=generator))
+def _draw(logits: torch.Tensor, top_p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Tokens (s,) drawn by inverse CDF with uniforms ``u`` (s,) from each row's top-p nucleus of softmax(logits)."""
+    probs, order = logits.softmax(dim=1).sort(dim=1, descending=True, stable=True)  # (s, vocab) each
+    # Keep the smallest prefix whose mass reaches top_p (the most likely token always stays).
+    probs = probs.masked_fill(probs.cumsum(dim=1) - probs >= top_p[:, None], 0.0)  # (s, vocab)
+    cdf = probs.cumsum(dim=1)  # (s, vocab)
+    target = (u * cdf[:, -1].double()).to(cdf.dtype)[:, None]  # (s, 1): below the nucleus' mass
+    pick = torch.searchsorted(cdf, target).clamp(max=cdf.shape[1] - 1)  # (s, 1)
+    return order.gather(1, pick).squeeze(1)  # (s,)
 
 
 class TextStream:

@@ -31,7 +31,7 @@ from ecosystem.errors import RegistrationRefused
 from ecosystem.families import FAMILIES, Family, get_family
 from ecosystem.families.base import Delta, Sampling, TextGeneration
 from ecosystem.families.causal_lm import SPACE_FILE, extract_answer, normalize_answer
-from ecosystem.families.decoding import TextStream
+from ecosystem.families.decoding import TextStream, generator_for, pick_tokens
 from m2n2.checkpoint import SafetensorsSource, StateDictSource, read_header
 from m2n2.errors import IncompatibleModels
 
@@ -361,6 +361,20 @@ def test_decoding_without_a_cache_gives_the_same_text(family: Family, ecosystems
     greedy = [Sampling(max_tokens=12, temperature=0), Sampling(max_tokens=5, temperature=0)]
     cached, _ = text_of(family.generate(module, config, PROMPTS[:2], greedy), 2)
     assert text_of(family.generate(WithoutCache(module), config, PROMPTS[:2], greedy), 2)[0] == cached
+
+
+def test_sampling_draws_from_the_top_p_nucleus_in_proportion() -> None:
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log().repeat(3, 1)  # (3, 4): the same distribution thrice
+    rows = [Sampling(temperature=1.0, top_p=0.8, seed=1), Sampling(temperature=0), Sampling(temperature=1.0)]
+    generators = [generator_for(s, seed) for s, seed in zip(rows, [1, 2, 3], strict=True)]
+    draws = torch.stack([pick_tokens(logits, rows, generators) for _ in range(4000)])  # (4000, 3)
+    nucleus = draws[:, 0].bincount(minlength=4) / 4000  # tokens 0 and 1 hold 0.8 of the mass: 5/8 and 3/8
+    assert nucleus[2:].sum() == 0 and abs(nucleus[0] - 5 / 8) < 0.03
+    assert bool((draws[:, 1] == 0).all())  # greedy
+    full = draws[:, 2].bincount(minlength=4) / 4000
+    torch.testing.assert_close(full, torch.tensor([0.5, 0.3, 0.15, 0.05]), rtol=0, atol=0.03)
+    again = [generator_for(rows[0], 1)]
+    assert [int(pick_tokens(logits[:1], rows[:1], again)) for _ in range(50)] == draws[:50, 0].tolist()
 
 
 def test_a_seed_reproduces_its_text_whatever_it_is_batched_with(family: Family, ecosystems: dict, models: Path) -> None:
