@@ -40,7 +40,7 @@ from ecosystem import hub
 from ecosystem.errors import RegistrationRefused
 from ecosystem.families import hf_files
 from ecosystem.families.base import Delta, Sampling
-from ecosystem.families.decoding import Decoder, TextStream, generator_for, left_pad, pick_tokens
+from ecosystem.families.decoding import Decoder, TextStream, generator_for, left_pad, pick_tokens, run_model
 from ecosystem.families.registry import register_family
 from m2n2.checkpoint import DTYPE_NAMES, DTYPES, TensorSource, iter_tensors
 from m2n2.errors import IncompatibleModels
@@ -359,10 +359,9 @@ def _target_likelihood(module: nn.Module, rows: list[list[int]], lengths: torch.
     device = next(module.parameters()).device
     ids, mask, positions = left_pad(rows, pad_id, device)  # (b, t) each
     k = int(lengths.max())
-    with torch.inference_mode():
-        # Only the last k + 1 positions' logits are needed: left padding puts every target at the end.
-        logits = module(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=k + 1).logits
-    logits = logits[:, :-1].float()  # (b, k, vocab): predictions of the last k tokens
+    # Only the last k + 1 positions' logits are needed: left padding puts every target at the end.
+    out = run_model(module, input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=k + 1)
+    logits = out.logits[:, -(k + 1) : -1].float()  # (b, k, vocab): predictions of the last k tokens
     # log p(token) = its logit - logsumexp(logits): no second (b, k, vocab) tensor, unlike log_softmax
     picked = logits.gather(-1, ids[:, -k:, None]).squeeze(-1)  # (b, k)
     token_log_probs = (picked - logits.logsumexp(dim=-1)).cpu()  # (b, k)

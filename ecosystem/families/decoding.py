@@ -39,6 +39,20 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: str | torch.dev
     return ids.to(device), mask.to(device), positions.to(device)
 
 
+def run_model(module: torch.nn.Module, **inputs: object) -> object:
+    """Call a causal LM with the inputs its forward takes (ALiBi models take no ``position_ids``, say)."""
+    names = _forward_params(type(module))
+    if "cache" in inputs and "cache" not in names:  # transformers before 5.24 calls it past_key_values
+        inputs["past_key_values"] = inputs.pop("cache")
+    with torch.inference_mode():
+        return module(**{name: value for name, value in inputs.items() if name in names})
+
+
+@functools.lru_cache(maxsize=64)
+def _forward_params(cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.forward).parameters)
+
+
 class Decoder:
     """One batch decoded step by step with the model's KV cache; ``rows`` maps live rows to input rows."""
 
@@ -48,20 +62,18 @@ class Decoder:
         self.ids, self.mask, self.positions = left_pad(prompts, pad_id, self.device)  # (b, t) each
         self.rows = torch.arange(len(prompts))  # (b,) input row of each live row
         self.cache = None
-        # transformers 5.24 renamed ``past_key_values`` to ``cache``; pass whichever this model's forward takes.
-        self.cache_arg = "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
     def logits(self) -> torch.Tensor:
         """Next-token logits of the live rows, (b, vocab) in float32; feeds the pending tokens first."""
-        with torch.inference_mode():
-            out = self.module(
-                input_ids=self.ids,
-                attention_mask=self.mask,
-                position_ids=self.positions,
-                use_cache=True,
-                logits_to_keep=1,
-                **{self.cache_arg: self.cache},
-            )
+        out = run_model(
+            self.module,
+            input_ids=self.ids,
+            attention_mask=self.mask,
+            position_ids=self.positions,
+            use_cache=True,
+            logits_to_keep=1,
+            cache=self.cache,
+        )
         self.cache = out["cache"] if "cache" in out else out.get("past_key_values")
         return out.logits[:, -1].float()  # (b, vocab)
 

@@ -345,15 +345,17 @@ def test_greedy_generation_is_deterministic_and_matches_predict(family: Family, 
 
 
 class WithoutCache(torch.nn.Module):
-    """A causal LM that keeps no KV cache (as some architectures do): the decoder must feed whole sequences."""
+    """A causal LM taking only ids and mask, keeping no KV cache: the decoder must feed whole sequences."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep, **_) -> CausalLMOutputWithPast:
-        out = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-        return CausalLMOutputWithPast(logits=out.logits[:, -logits_to_keep:])
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> CausalLMOutputWithPast:
+        # No position_ids either (as ALiBi models): positions follow from the mask.
+        positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # (b, t)
+        out = self.model(input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False)
+        return CausalLMOutputWithPast(logits=out.logits)  # (b, t, vocab): every position's
 
 
 def test_decoding_without_a_cache_gives_the_same_text(family: Family, ecosystems: dict, models: Path) -> None:
@@ -361,6 +363,11 @@ def test_decoding_without_a_cache_gives_the_same_text(family: Family, ecosystems
     greedy = [Sampling(max_tokens=12, temperature=0), Sampling(max_tokens=5, temperature=0)]
     cached, _ = text_of(family.generate(module, config, PROMPTS[:2], greedy), 2)
     assert text_of(family.generate(WithoutCache(module), config, PROMPTS[:2], greedy), 2)[0] == cached
+    targets = ["there", "the lazy dog"]
+    torch.testing.assert_close(
+        family.score(WithoutCache(module), config, PROMPTS[:2], targets, "likelihood"),
+        family.score(module, config, PROMPTS[:2], targets, "likelihood"),
+    )
 
 
 def test_sampling_draws_from_the_top_p_nucleus_in_proportion() -> None:
