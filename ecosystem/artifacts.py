@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ecosystem.errors import InvalidInput
-from m2n2.checkpoint import fsync_dir, publish, read_header, safetensors_chunks, sha256_file, write_chunks
+from m2n2.checkpoint import fsync_dir, fsync_file, publish, read_header, safetensors_chunks, sha256_file, write_chunks
 from m2n2.space import ParamSpace
 
 CHUNK_BYTES = 1024 * 1024
@@ -64,7 +64,7 @@ class ArtifactStore:
         """
         tmp = self._temp()
         try:
-            sha256, n_bytes = write_chunks(tmp, _read_chunks(Path(src), max_bytes))
+            sha256, n_bytes = write_chunks(tmp, _read_chunks(Path(src), max_bytes), durable=False)
             read_header(tmp)  # the copy, not the source: what is checked is what is stored
             return self.adopt(tmp, sha256, n_bytes)
         finally:
@@ -89,24 +89,25 @@ class ArtifactStore:
         tensors: Iterable[tuple[str, torch.Tensor]],
         metadata: Mapping[str, str] | None = None,
     ) -> Artifact:
-        """Stream tensors into a durable file under ``tmp`` that ``adopt`` can later move into the store.
+        """Stream tensors into a file under ``tmp`` that ``adopt`` can later make durable and move into the store.
 
         The evolver writes every child this way: a rejected child's file is deleted, an admitted one is
         renamed into place, never copied.
         """
         tmp = self._temp()
         try:
-            sha256, n_bytes = write_chunks(tmp, safetensors_chunks(space, tensors, metadata))
+            sha256, n_bytes = write_chunks(tmp, safetensors_chunks(space, tensors, metadata), durable=False)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         return Artifact(sha256, tmp, n_bytes, created=False)
 
     def adopt(self, tmp: Path, sha256: str, n_bytes: int) -> Artifact:
-        """Move a finished file (written and fsynced under ``tmp``) to its content address."""
+        """Make a finished file under ``tmp`` durable and move it to its content address."""
         dest = self.path_for(sha256)
         if dest.is_file():
             return Artifact(sha256, dest, dest.stat().st_size, created=False)
+        fsync_file(tmp)
         if not dest.parent.is_dir():
             dest.parent.mkdir(parents=True, exist_ok=True)
             fsync_dir(dest.parent.parent)

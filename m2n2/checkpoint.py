@@ -281,8 +281,12 @@ def write_safetensors(
     return path
 
 
-def write_chunks(path: Path, chunks: Iterable[bytes | memoryview]) -> tuple[str, int]:
-    """Write ``chunks`` into the file at ``path``, hashing them on the way, and fsync it: (sha256, bytes)."""
+def write_chunks(path: Path, chunks: Iterable[bytes | memoryview], durable: bool = True) -> tuple[str, int]:
+    """Write ``chunks`` into the file at ``path``, hashing them on the way: (sha256, bytes).
+
+    ``durable`` fsyncs the file; a caller that may delete it unread (a rejected child) leaves that to
+    whoever keeps it (``fsync_file`` before the rename).
+    """
     digest, n_bytes = hashlib.sha256(), 0
     with path.open("wb") as f:
         for chunk in chunks:
@@ -290,8 +294,18 @@ def write_chunks(path: Path, chunks: Iterable[bytes | memoryview]) -> tuple[str,
             n_bytes += len(chunk)
             f.write(chunk)
         f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            os.fsync(f.fileno())
     return digest.hexdigest(), n_bytes
+
+
+def fsync_file(path: Path) -> None:
+    """Make a file's bytes durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def publish(tmp: Path, dest: Path, mode: int) -> None:

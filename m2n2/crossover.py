@@ -21,7 +21,7 @@ from m2n2.space import ParamSpace
 # Below this sin(Omega) the parents are (anti)parallel and SLERP's weights blow up;
 # the reference code switches to linear interpolation at the same threshold.
 SIN_EPS = 1e-6
-DOT_CHUNK = 1 << 20  # elements per float64 chunk of the angle pass
+DOT_CHUNK = 1 << 16  # elements per float32 dot of the angle pass (summed in float64)
 
 
 def slerp_weights(cos_omega: float, t: float) -> tuple[float, float]:
@@ -59,10 +59,9 @@ def split_slerp_tensors(
     """
     dot = norm_a2 = norm_b2 = 0.0
     for spec in space:
-        ta, tb = a.get(spec.name).reshape(-1), b.get(spec.name).reshape(-1)
-        # float64 sums, a chunk at a time: a whole float64 copy of an embedding matrix would double the peak
+        ta, tb = _pair(a, b, spec.name)
+        # Chunked float32 dots summed in float64: a float32 sum over a whole embedding matrix loses digits.
         for ca, cb in zip(ta.split(DOT_CHUNK), tb.split(DOT_CHUNK), strict=True):
-            ca, cb = ca.double(), cb.double()
             dot += torch.dot(ca, cb).item()
             norm_a2 += torch.dot(ca, ca).item()
             norm_b2 += torch.dot(cb, cb).item()
@@ -70,13 +69,19 @@ def split_slerp_tensors(
     cos = _cosine(dot, norm_a2, norm_b2)
     before, after = slerp_weights(cos, mixing_ratio), slerp_weights(cos, 1.0 - mixing_ratio)
     for spec in space:
-        ta, tb = a.get(spec.name).float().reshape(-1), b.get(spec.name).float().reshape(-1)
+        ta, tb = _pair(a, b, spec.name)
         cut = min(max(split_point - spec.offset, 0), spec.numel)  # local split inside this tensor
         child = torch.empty_like(ta)
         for lo, hi, (wa, wb) in ((0, cut, before), (cut, spec.numel, after)):
             if hi > lo:
                 torch.mul(ta[lo:hi], wa, out=child[lo:hi]).add_(tb[lo:hi], alpha=wb)
+        del ta, tb
         yield spec.name, child.view(spec.shape).to(spec.dtype)
+
+
+def _pair(a: TensorSource, b: TensorSource, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both parents' tensor ``name`` as flat float32 vectors."""
+    return a.get(name).float().reshape(-1), b.get(name).float().reshape(-1)
 
 
 def mutate_tensors(
