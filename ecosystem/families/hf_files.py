@@ -133,13 +133,25 @@ def check_config(base_dir: Path, directory: Path) -> None:
     for field in ("model_type", "architectures"):
         if mine.get(field) != theirs.get(field):
             raise RegistrationRefused(_config_mismatch(field, theirs.get(field), mine.get(field)))
-    mine, theirs = _with_defaults(mine), _with_defaults(theirs)
+    difference = _first_difference(_with_defaults(mine), _with_defaults(theirs))
+    if difference is not None:
+        raise RegistrationRefused(_config_mismatch(*difference))
+
+
+def _first_difference(mine: dict[str, Any], theirs: dict[str, Any], prefix: str = "") -> tuple[str, Any, Any] | None:
+    """The first architecture field (dotted into sub-configs) whose values differ: (field, theirs, mine)."""
     rest = sorted((set(mine) | set(theirs)) - set(FIRST_CONFIG_FIELDS))
     for field in (*FIRST_CONFIG_FIELDS, *rest):
         if field in IGNORED_CONFIG_FIELDS or "dropout" in field or field.endswith("_pdrop"):
             continue  # dropout is off at inference
-        if mine.get(field) != theirs.get(field):
-            raise RegistrationRefused(_config_mismatch(field, theirs.get(field), mine.get(field)))
+        a, b = mine.get(field), theirs.get(field)
+        if isinstance(a, dict) and isinstance(b, dict):  # a sub-config (text_config, ...): its fields by name
+            found = _first_difference(a, b, f"{prefix}{field}.")
+            if found is not None:
+                return found
+        elif a != b:
+            return f"{prefix}{field}", b, a
+    return None
 
 
 def _config_mismatch(field: str, theirs: Any, mine: Any) -> str:

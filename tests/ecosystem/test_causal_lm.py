@@ -546,6 +546,10 @@ def config_only(directory: Path, config) -> Path:
         ),
         (lambda d, v: config_only(d, llama_config(v + 8)), "config.json: vocab_size is 328, the base's is 320"),
         (lambda d, v: config_only(d, gpt2_config(v)), "config.json: model_type is 'gpt2', the base's is 'llama'"),
+        (
+            lambda d, v: config_only(d, llama_config(v, rope_parameters={"rope_theta": 5e5, "rope_type": "default"})),
+            "config.json: rope_parameters.rope_theta is 500000.0, the base's is 10000.0",
+        ),
         (lambda d, v: d, "no config.json"),
     ],
 )
