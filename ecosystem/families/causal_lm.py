@@ -102,6 +102,7 @@ class CausalLM:
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".base-"))
         try:
             hf_files.copy_model_files(source, staging)
+            _check_tokenizer_loads(staging)
             _write_space(staging / SPACE_FILE, space)
             staging.rename(target)  # the copy appears whole or not at all
         except BaseException:
@@ -398,6 +399,21 @@ def _space_at(base_dir: str) -> ParamSpace:
     """The space recorded by ``create_config`` (read once; the base copy never changes)."""
     entries = json.loads((Path(base_dir) / SPACE_FILE).read_text())["tensors"]
     return ParamSpace([(name, shape, DTYPES[dtype]) for name, shape, dtype in entries])
+
+
+def _check_tokenizer_loads(directory: Path) -> None:
+    """Refuse a base whose tokenizer files are missing or do not load: every prompt goes through them."""
+    from transformers import AutoTokenizer
+
+    if not hf_files.has_vocabulary(directory):
+        raise ValueError(
+            f"base: its tokenizer does not load (no {', '.join(hf_files.VOCAB_FILES)}); "
+            "save it next to the model with tokenizer.save_pretrained(dir)"
+        )
+    try:
+        AutoTokenizer.from_pretrained(directory)
+    except Exception as e:  # transformers raises OSError, ValueError or a tokenizers error depending on the files
+        raise ValueError(f"base: its tokenizer does not load ({str(e).splitlines()[0]})") from None
 
 
 def _write_space(path: Path, space: ParamSpace) -> None:

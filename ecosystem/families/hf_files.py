@@ -170,7 +170,7 @@ def _with_defaults(raw: dict[str, Any]) -> dict[str, Any]:
 
 def check_tokenizer(base_dir: Path, directory: Path, load_base: Callable[[str], Any]) -> None:
     """Refuse a tokenizer whose vocabulary (or BPE merges) differs from the base's; none at all is fine."""
-    if not any((directory / name).is_file() for name in VOCAB_FILES):
+    if not has_vocabulary(directory):
         return
     if (base_dir / "tokenizer.json").is_file() and (directory / "tokenizer.json").is_file():
         difference = _tokenizer_json_difference(
@@ -186,6 +186,11 @@ def check_tokenizer(base_dir: Path, directory: Path, load_base: Callable[[str], 
         difference = _vocab_difference(load_base(str(base_dir)).get_vocab(), theirs)
     if difference:
         raise RegistrationRefused(f"tokenizer differs from the base's: {difference}")
+
+
+def has_vocabulary(directory: Path) -> bool:
+    """Whether the directory holds a tokenizer's vocabulary (transformers makes an empty one up otherwise)."""
+    return any((directory / name).is_file() for name in VOCAB_FILES) or any(directory.glob("*.tiktoken"))
 
 
 def _tokenizer_json_difference(mine: dict[str, Any], theirs: dict[str, Any]) -> str | None:

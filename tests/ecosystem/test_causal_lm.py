@@ -181,13 +181,20 @@ def test_hub_resolve_reads_the_environment(models: Path, tmp_path: Path) -> None
     assert Path(out.stdout.strip()) == snapshot
 
 
-def test_create_config_refuses_custom_code_and_files(family: Family, models: Path, tmp_path: Path) -> None:
+def test_create_config_refuses_custom_code_files_and_a_missing_tokenizer(
+    family: Family, models: Path, tmp_path: Path
+) -> None:
     custom = tmp_path / "custom"
     shutil.copytree(models / "gpt2", custom)
     config = json.loads((custom / "config.json").read_text())
     (custom / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModelForCausalLM": "x.Model"}}))
     with pytest.raises(RegistrationRefused, match=r"config.json: maps to custom code \(auto_map\)"):
         family.create_config({"base": str(custom)}, tmp_path / "eco")
+    no_tokenizer = tmp_path / "no-tokenizer"
+    save_model(no_tokenizer, AutoModelForCausalLM.from_pretrained(models / "gpt2"), None)
+    with pytest.raises(ValueError, match=r"base: its tokenizer does not load"):
+        family.create_config({"base": str(no_tokenizer)}, tmp_path / "eco")
+    assert not (tmp_path / "eco" / "base").exists() and not list((tmp_path / "eco").glob(".base-*"))
     with pytest.raises(hub.ModelNotAvailable, match="a file; expected a model directory"):
         family.create_config({"base": str(custom / "config.json")}, tmp_path / "eco")
 
