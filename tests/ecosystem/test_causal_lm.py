@@ -155,7 +155,7 @@ def populate_hub_cache(cache: Path, repo_id: str, model_dir: Path, commit: str =
 
 
 def test_create_config_from_an_offline_hub_cache(
-    family: Family, models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    family: Family, ecosystems: dict, models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     snapshot = populate_hub_cache(tmp_path / "cache", "tiny-org/tiny-llama", models / "llama")
     # huggingface_hub reads HF_HUB_CACHE and HF_HUB_OFFLINE once, at import: set what it read.
@@ -165,7 +165,7 @@ def test_create_config_from_an_offline_hub_cache(
     assert hub.resolve(f"tiny-org/tiny-llama@{'ab' * 20}") == snapshot
     config = family.create_config({"base": "tiny-org/tiny-llama"}, tmp_path / "eco")
     assert config["base"] == "tiny-org/tiny-llama"
-    assert family.space(config).names == family.space({**config, "base_dir": config["base_dir"]}).names
+    assert family.space(config) == family.space(ecosystems["llama"])
     assert not list(Path(config["base_dir"]).glob("*.safetensors"))
     with pytest.raises(hub.ModelNotAvailable, match=r"'tiny-org/absent' is not in the Hugging Face cache .*offline"):
         family.create_config({"base": "tiny-org/absent"}, tmp_path / "eco2")
