@@ -209,6 +209,7 @@ class Evolver:
         for member in survivors.values():  # the file must be durable before any archive row points at it
             artifact = state.genomes.persist(member.genome)
             assert artifact.sha256 == member.sha256, "the genome's digest and the artifact writer disagree"
+        state.genomes.drop_pending()
         store.set_slots(session, {slot: member.model_id for slot, member in survivors.items()})
         point_ids = state.points.point_ids
         for new in (True, False):  # a model recorded by an earlier tick may already hold some scores

@@ -44,6 +44,10 @@ class GenomeStore(Protocol):
         """The genome's tensors in space order, one at a time."""
         ...
 
+    def drop_pending(self) -> None:
+        """Delete what this tick wrote and did not persist (genomes already open stay readable)."""
+        ...
+
 
 def genome_store(runtime: Runtime, family: Family, space: ParamSpace) -> GenomeStore:
     """Flat members for families with the fast path, files for the rest."""
@@ -78,6 +82,9 @@ class FlatGenomeStore:
 
     def tensors(self, genome: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
         return iter(self.space.unflatten(genome).items())
+
+    def drop_pending(self) -> None:
+        """Nothing was written: unpersisted children are only in memory."""
 
 
 class ChildFile(SafetensorsSource):
@@ -132,3 +139,9 @@ class FileGenomeStore:
 
     def tensors(self, genome: SafetensorsSource) -> Iterator[tuple[str, torch.Tensor]]:
         return iter_tensors(genome, self.space)
+
+    def drop_pending(self) -> None:
+        """Unlink child files no slot kept (e.g. a child equal to a stored model); open handles still read them."""
+        for path in self.genomes._written:
+            path.unlink(missing_ok=True)
+        self.genomes._written.clear()
