@@ -122,9 +122,7 @@ class Ecosystem:
     @answers_errors
     def status(self) -> Status:
         """The archive with fitness and gate scores per task, coverage, the champion and its latest moves."""
-        data = report.status(self.runtime)
-        data.pop("data_dir")
-        return Status(**data)
+        return Status(**report.status(self.runtime))  # its data_dir is left out: the server's disk is its own
 
     @bentoml.api
     @answers_errors
@@ -156,10 +154,7 @@ class Ecosystem:
         registered_by: Name = ACTOR,
     ) -> RegistrationResult:
         """Upload a specialist's safetensors file (multipart); it is checked, scored and offered to the archive."""
-        result = register_specialist(
-            self.runtime, weights, name=name, registered_by=registered_by, source=source, licence=licence
-        )
-        return RegistrationResult.model_validate(result, from_attributes=True)
+        return self._register(weights, name, registered_by, source, licence)
 
     @bentoml.api
     @answers_errors
@@ -175,10 +170,11 @@ class Ecosystem:
 
         It must lie under ``<data dir>/incoming`` or a directory of ``M2N2_REGISTRATION__IMPORT_DIRS``.
         """
-        checkpoint = importable(path, self.settings)
-        result = register_specialist(
-            self.runtime, checkpoint, name=name, registered_by=registered_by, source=source, licence=licence
-        )
+        return self._register(importable(path, self.settings), name, registered_by, source, licence)
+
+    def _register(self, checkpoint: Path, name: str, by: str, source: str | None, licence: str | None):
+        who = {"name": name, "registered_by": by, "source": source, "licence": licence}
+        result = register_specialist(self.runtime, checkpoint, **who)
         return RegistrationResult.model_validate(result, from_attributes=True)
 
     @bentoml.api(route="/tasks")

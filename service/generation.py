@@ -1,8 +1,13 @@
 """Batched text generation: completions that arrive while a batch decodes run together as the next batch.
 
-As ``GreedyBatcher`` does for ``/predict``, there is no timer: a request that finds the model
-idle starts decoding at once, and under load each batch takes every request that queued
-during the previous one (up to ``max_rows`` sequences). One batch is one call of the
+As ``GreedyBatcher`` does for ``/predict``, a request that finds the model idle starts
+decoding at once, and under load each batch takes every request that queued during the
+previous one (up to ``max_rows`` sequences). One thing differs: the requests of a batch all
+end at about the same time, and their clients send their next requests a round trip later,
+so the first to come back would start a batch alone and leave the others to the one after.
+So after a batch of several requests, the next one waits until as many have come back, for
+at most ``LINGER_SHARE`` of the last batch's time (and ``MAX_LINGER``). A lone client never
+waits: after a batch of one request there is no lingering. One batch is one call of the
 family's ``generate`` in a worker thread, on the champion as it was when the batch started;
 every decoding step's new text is fanned out to the requests' own queues, so each request
 streams its own sequences while they decode together.
@@ -24,6 +29,8 @@ from service.champion import Served
 log = logging.getLogger(__name__)
 
 _DONE = object()  # the end of a job's queue
+LINGER_SHARE = 0.1  # after a batch of several requests, wait at most this share of its time for them to return
+MAX_LINGER = 0.05  # seconds
 # Defined with the service's batching rather than in ecosystem.metrics: only serving workers observe it.
 BATCH_ROWS = Histogram(
     "m2n2_generation_batch_rows",
@@ -57,6 +64,7 @@ class GenerationBatcher:
         self.current, self.max_rows = current, max_rows
         self._queue: deque[Job] = deque()
         self._draining: asyncio.Task | None = None
+        self._last = (0, 0.0, 0.0)  # the last batch: (jobs, seconds it took, loop time it ended)
 
     async def submit(self, prompts: list[str], sampling: list[Sampling]) -> tuple[Served, Job]:
         """Queue the sequences; returns once their batch starts, with the champion that decodes them."""
@@ -75,10 +83,24 @@ class GenerationBatcher:
         loop = asyncio.get_running_loop()
         try:
             while self._queue:
-                batch = self._next_batch()
+                await self._gather(loop)
+                batch, start = self._next_batch(), loop.time()
                 await anyio.to_thread.run_sync(self._decode, batch, loop)
+                self._last = (len(batch), loop.time() - start, loop.time())
         finally:
             self._draining = None
+
+    async def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
+        """After a batch of several requests, give their clients a moment to send their next ones."""
+        jobs, seconds, ended = self._last
+        deadline = ended + min(MAX_LINGER, LINGER_SHARE * seconds)
+        while (
+            jobs > 1
+            and len(self._queue) < jobs
+            and sum(len(job.prompts) for job in self._queue) < self.max_rows
+            and loop.time() < deadline
+        ):
+            await asyncio.sleep(0.001)
 
     def _next_batch(self) -> list[Job]:
         """Queued jobs, oldest first, while their rows fit in one batch (the first always does)."""

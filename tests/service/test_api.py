@@ -246,6 +246,14 @@ def test_readyz_livez_metrics_and_openapi(server) -> None:
         assert {"200", "413", "422", "503"} <= predict.keys() and "400" not in predict and "401" not in predict
         assert {"401", "403", "409", "422"} <= spec["paths"]["/promote"]["post"]["responses"].keys()
         assert "multipart/form-data" in spec["paths"]["/register"]["post"]["requestBody"]["content"]
+        inputs = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        families = {s["title"]: s for s in inputs["properties"]["inputs"]["items"]["anyOf"]}
+        assert families["classifier"]["items"]["type"] == "number" and families["causal-lm"]["type"] == "string"
+        for path in ("/v1/completions", "/v1/chat/completions", "/v1/models"):  # the mounted OpenAI-compatible API
+            assert path in spec["paths"], path
+        completions = spec["paths"]["/v1/completions"]["post"]
+        assert completions["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("CompletionRequest")
+        assert {"200", "404", "422", "503"} <= completions["responses"].keys()
 
 
 def test_metrics_add_up_over_every_worker(server) -> None:
