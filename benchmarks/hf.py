@@ -16,10 +16,16 @@ from m2n2.checkpoint import write_safetensors
 from m2n2.space import ParamSpace
 
 EOS = "<|endoftext|>"
+# Words, digits, arithmetic and a few non-ASCII characters, so the merges cover typical prompts.
 CORPUS = (
     "Question: what is two plus three? Answer: #### 5",
-    "The quick brown fox jumps over the lazy dog. 0 1 2 3 4 5 6 7 8 9",
+    "Question: what is ten minus four? Answer: #### 6",
+    "Question: what is six times seven? Answer: #### 42",
+    "The quick brown fox jumps over the lazy dog. 0 1 2 3 4 5 6 7 8 9 1,000 3.5",
     "user: hello there\nassistant: hello, how can I help you today?",
+    "Once upon a time there was a small model that learned to add numbers.",
+    "Evolution merges models: split point, mixing ratio, attraction and competition.",
+    "Un café, s'il vous plaît. Größe: 5 µm. 日本語のテキスト。",
 )
 
 

@@ -61,6 +61,7 @@ def init(runtime: Runtime, args: argparse.Namespace) -> int:
     """Create an ecosystem: the digits demo, or an empty one of a family (then register specialists)."""
     if args.family is not None:
         options = {"base": args.base} if args.base is not None else {"layers": args.layers}
+        options.update(args.set or {})
         ecosystem = setup.create(runtime, args.family, options)
         n_tensors = len(ecosystem.space)
         print(f"created a {ecosystem.family} ecosystem in {runtime.settings.data_dir} ({n_tensors} tensors to merge)")
@@ -262,6 +263,16 @@ def _positive(kind: type) -> Any:
     return parse
 
 
+def _option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value  # plain text, e.g. dtype=bfloat16
+
+
 def _layers(text: str) -> list[int]:
     try:
         return [int(n) for n in text.split(",")]
@@ -338,6 +349,14 @@ def _parser() -> argparse.ArgumentParser:
     arch = p.add_mutually_exclusive_group()
     arch.add_argument("--base", metavar="DIR", help="causal-lm: the base model's directory (or hub id org/model)")
     arch.add_argument("--layers", type=_layers, metavar="N,N,...", help="classifier: layer sizes, e.g. 64,256,10")
+    p.add_argument(
+        "--set",
+        type=_option,
+        action="extend",
+        nargs=1,
+        metavar="KEY=VALUE",
+        help="a family option (JSON value or text), e.g. --set dtype=bfloat16 --set max_new_tokens=64",
+    )
     p = add(commands, "register", register, "register a specialist")
     p.add_argument("path", metavar="PATH", help="a safetensors file, a checkpoint directory, or a hub id org/model")
     p.add_argument("--name", required=True, metavar="NAME")

@@ -6,6 +6,7 @@ byte-level BPE tokenizer trained here with the ``tokenizers`` library, so ``Auto
 a chat template; GPT-2 ties ``lm_head`` to ``wte`` (absent from the checkpoint) and has no chat template.
 """
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,38 +14,13 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedModel, PreTrainedTokenizerFast
 
-EOS = "<|endoftext|>"
-# Words, digits and arithmetic, so the merges cover the prompts the tests use.
-CORPUS = [
-    "Question: what is two plus three? Answer: #### 5",
-    "Question: what is ten minus four? Answer: #### 6",
-    "Question: what is six times seven? Answer: #### 42",
-    "The quick brown fox jumps over the lazy dog. 0 1 2 3 4 5 6 7 8 9 1,000 3.5",
-    "user: hello there\nassistant: hello, how can I help you today?",
-    "Once upon a time there was a small model that learned to add numbers.",
-    "Evolution merges models: split point, mixing ratio, attraction and competition.",
-    "Un café, s'il vous plaît. Größe: 5 µm. 日本語のテキスト。",
-]
+from benchmarks.hf import CORPUS, train_tokenizer
+
 # A minimal chat template in the Jinja dialect transformers renders.
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-
-
-def train_tokenizer(vocab_size: int = 320, corpus: Sequence[str] = CORPUS) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer (every byte is a token, so any text encodes) with EOS doubling as pad."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(list(corpus), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=EOS, bos_token=EOS)
 
 
 def metaspace_tokenizer(vocab_size: int = 120, corpus: Sequence[str] = CORPUS) -> PreTrainedTokenizerFast:
@@ -150,3 +126,12 @@ def fine_tune(directory: Path, out: Path, pairs: Sequence[tuple[str, str]], step
         loss.backward()
         optimizer.step()
     return save_model(out, model.eval(), tokenizer)
+
+
+def populate_hub_cache(cache: Path, repo_id: str, model_dir: Path, commit: str = "ab" * 20) -> Path:
+    """A hub cache laid out as huggingface_hub writes it: snapshots/<commit>/... and refs/main."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return repo / "snapshots" / commit

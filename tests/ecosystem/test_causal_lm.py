@@ -16,6 +16,7 @@ from hf_models import (
     gpt2_config,
     llama_config,
     metaspace_tokenizer,
+    populate_hub_cache,
     save_model,
     tiny_gpt2,
     tiny_llama,
@@ -143,15 +144,6 @@ def test_sharded_base_gives_the_same_space(family: Family, ecosystems: dict, mod
     config = family.create_config({"base": str(models / "llama-sharded")}, tmp_path)
     assert len(json.loads((models / "llama-sharded" / "model.safetensors.index.json").read_text())["weight_map"]) > 1
     assert family.space(config) == family.space(ecosystems["llama"])
-
-
-def populate_hub_cache(cache: Path, repo_id: str, model_dir: Path, commit: str = "ab" * 20) -> Path:
-    """A hub cache laid out as huggingface_hub writes it: snapshots/<commit>/... and refs/main."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    shutil.copytree(model_dir, repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    return repo / "snapshots" / commit
 
 
 def test_create_config_from_an_offline_hub_cache(
