@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_models import fine_tune, tiny_llama
+from hf_models import fine_tune, populate_hub_cache, tiny_llama
+from huggingface_hub import constants as hub_constants
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ecosystem import store
@@ -93,3 +94,18 @@ def test_a_different_architecture_is_refused_on_one_line(models: Path, tmp_path:
         assert store.list_models(session) == []
     assert runtime.artifacts.list_hashes() == set()
     runtime.close()
+
+
+def test_a_specialist_registers_by_hub_id_from_the_offline_cache(
+    models: Path, tmp_path: Path, settings_env, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    populate_hub_cache(tmp_path / "cache", "tiny-org/math", models / "math")
+    # huggingface_hub reads HF_HUB_CACHE and HF_HUB_OFFLINE once, at import: set what it read.
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    d = ("--data-dir", str(tmp_path / "eco"))
+    assert run(capsys, "init", "--family", "causal-lm", "--base", str(models / "base"), *d)[0] == 0
+    code, out, err = run(capsys, "register", "tiny-org/math", "--name", "math", "--source", "hub", *d)
+    assert code == 0 and "registered math" in out, err
+    code, _, err = run(capsys, "register", "tiny-org/absent", "--name", "absent", *d)
+    assert code == 2 and "tiny-org/absent" in err and "offline" in err, err
