@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ecosystem.errors import InvalidInput
-from m2n2.checkpoint import fsync_dir, fsync_file, publish, read_header, safetensors_chunks, sha256_file, write_chunks
+from m2n2.checkpoint import fsync_path, publish, read_header, safetensors_chunks, sha256_file, write_chunks
 from m2n2.space import ParamSpace
 
 CHUNK_BYTES = 1024 * 1024
@@ -107,10 +107,10 @@ class ArtifactStore:
         dest = self.path_for(sha256)
         if dest.is_file():
             return Artifact(sha256, dest, dest.stat().st_size, created=False)
-        fsync_file(tmp)
+        fsync_path(tmp)
         if not dest.parent.is_dir():
             dest.parent.mkdir(parents=True, exist_ok=True)
-            fsync_dir(dest.parent.parent)
+            fsync_path(dest.parent.parent)
         publish(tmp, dest, 0o444)  # read-only: a file named by its hash never changes
         return Artifact(sha256, dest, n_bytes, created=True)
 
@@ -125,7 +125,7 @@ class ArtifactStore:
         if not path.is_file():
             return False
         path.unlink()
-        fsync_dir(path.parent)
+        fsync_path(path.parent)
         return True
 
     def clean_tmp(self, older_than_seconds: float = 3600) -> int:

@@ -285,7 +285,7 @@ def write_chunks(path: Path, chunks: Iterable[bytes | memoryview], durable: bool
     """Write ``chunks`` into the file at ``path``, hashing them on the way: (sha256, bytes).
 
     ``durable`` fsyncs the file; a caller that may delete it unread (a rejected child) leaves that to
-    whoever keeps it (``fsync_file`` before the rename).
+    whoever keeps it (``fsync_path`` before the rename).
     """
     digest, n_bytes = hashlib.sha256(), 0
     with path.open("wb") as f:
@@ -299,20 +299,11 @@ def write_chunks(path: Path, chunks: Iterable[bytes | memoryview], durable: bool
     return digest.hexdigest(), n_bytes
 
 
-def fsync_file(path: Path) -> None:
-    """Make a file's bytes durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def publish(tmp: Path, dest: Path, mode: int) -> None:
     """Move a finished, fsynced temporary file to ``dest`` so that a crash leaves either nothing or all of it."""
     os.chmod(tmp, mode)
     os.replace(tmp, dest)
-    fsync_dir(dest.parent)  # the rename itself must survive a crash
+    fsync_path(dest.parent)  # the rename itself must survive a crash
 
 
 def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> tuple[str, int]:
@@ -325,9 +316,9 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> tuple[st
     return digest.hexdigest(), n_bytes
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make a rename inside ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """Make a file's bytes, or the renames inside a directory, durable."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

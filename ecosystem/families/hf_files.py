@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ecosystem.errors import RegistrationRefused
-from m2n2.checkpoint import TensorSource, fsync_dir, read_header, write_safetensors
+from m2n2.checkpoint import TensorSource, fsync_path, read_header, write_safetensors
 from m2n2.space import ParamSpace, TensorSpec
 
 logger = logging.getLogger(__name__)
@@ -375,7 +375,7 @@ def _write_json(path: Path, value: Any) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        fsync_path(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
