@@ -109,3 +109,21 @@ def test_a_specialist_registers_by_hub_id_from_the_offline_cache(
     assert code == 0 and "registered math" in out, err
     code, _, err = run(capsys, "register", "tiny-org/absent", "--name", "absent", *d)
     assert code == 2 and "tiny-org/absent" in err and "offline" in err, err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_evolution_scores_children_on_the_configured_device(
+    models: Path, tmp_path: Path, settings_env, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("M2N2_EVOLUTION__DEVICE", "cuda")
+    d = ("--data-dir", str(tmp_path / "eco"))
+    assert run(capsys, "init", "--family", "causal-lm", "--base", str(models / "base"), *d)[0] == 0
+    for name in ("math", "greet"):
+        assert run(capsys, "register", str(models / name), "--name", name, *d)[0] == 0
+    assert run(capsys, "task", "create", "math", "--scoring", "exact_match", *d)[0] == 0
+    points = tmp_path / "points.jsonl"
+    points.write_text("\n".join(json.dumps({"inputs": p, "target": t, "pool": "fitness"}) for p, t in MATH) + "\n")
+    assert run(capsys, "feedback", "import", "math", str(points), *d)[0] == 0
+    code, out, err = run(capsys, "evolve", "--steps", "3", *d)
+    assert code == 0 and "evolved 3 steps" in out, err
