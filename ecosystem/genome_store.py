@@ -111,6 +111,21 @@ class ChildFiles(LazyGenomes):
         self._written.add(child.path)
         return child
 
+    def keep(self, child: ChildFile) -> Artifact:
+        """Move a child's file to its content address; it is the store's now, so releasing it deletes nothing."""
+        artifact = self.artifacts.adopt(child.path, child.sha256, child.n_bytes)
+        self._written.discard(child.path)
+        if artifact.path != child.path:
+            child.path.unlink(missing_ok=True)  # the same weights were stored already; the open file still reads
+        child.path = artifact.path
+        return artifact
+
+    def drop_pending(self) -> None:
+        """Unlink every file written and not kept; handles already open still read them."""
+        for path in self._written:
+            path.unlink(missing_ok=True)
+        self._written.clear()
+
 
 class FileGenomeStore:
     """Genomes are safetensors files read one tensor at a time: models far larger than memory evolve."""
@@ -129,19 +144,12 @@ class FileGenomeStore:
 
     def persist(self, genome: SafetensorsSource) -> Artifact:
         if isinstance(genome, ChildFile) and genome.path.is_file():
-            artifact = self.runtime.artifacts.adopt(genome.path, genome.sha256, genome.n_bytes)
-            self.genomes._written.discard(genome.path)  # it is the store's now: releasing it must not delete it
-            if artifact.path != genome.path:
-                genome.path.unlink(missing_ok=True)  # the same weights were stored already; the open file still reads
-            genome.path = artifact.path
-            return artifact
+            return self.genomes.keep(genome)
         return self.runtime.artifacts.write_tensors(self.space, self.tensors(genome), {"format": "pt"})
 
     def tensors(self, genome: SafetensorsSource) -> Iterator[tuple[str, torch.Tensor]]:
         return iter_tensors(genome, self.space)
 
     def drop_pending(self) -> None:
-        """Unlink child files no slot kept (e.g. a child equal to a stored model); open handles still read them."""
-        for path in self.genomes._written:
-            path.unlink(missing_ok=True)
-        self.genomes._written.clear()
+        """Delete child files no slot kept (e.g. a child equal to a stored model)."""
+        self.genomes.drop_pending()
