@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_models import fine_tune, populate_hub_cache, tiny_llama
+from hf_models import fine_tune, populate_hub_cache, save_model, tiny_llama
 from huggingface_hub import constants as hub_constants
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -17,6 +17,7 @@ from ecosystem import store
 from ecosystem.cli import main
 from ecosystem.runtime import open_runtime
 from ecosystem.settings import Settings
+from m2n2.checkpoint import read_header
 
 MATH = [(f"Question: what is {a} plus {b}? Answer:", f" #### {a + b}") for a, b in ((2, 3), (1, 4), (3, 3))]
 GREET = [("user: hello\nassistant:", " #### hi"), ("user: hi there\nassistant:", " #### hello")]
@@ -127,3 +128,21 @@ def test_evolution_scores_children_on_the_configured_device(
     assert run(capsys, "feedback", "import", "math", str(points), *d)[0] == 0
     code, out, err = run(capsys, "evolve", "--steps", "3", *d)
     assert code == 0 and "evolved 3 steps" in out, err
+
+
+def test_a_sharded_bfloat16_specialist_keeps_its_dtype(models: Path, tmp_path: Path, settings_env, capsys) -> None:
+    model = AutoModelForCausalLM.from_pretrained(models / "math").to(torch.bfloat16)
+    save_model(tmp_path / "math-bf16", model, AutoTokenizer.from_pretrained(models / "math"), max_shard_size="40KB")
+    assert len(list((tmp_path / "math-bf16").glob("model-*.safetensors"))) > 1
+    d = ("--data-dir", str(tmp_path / "eco"))
+    assert run(capsys, "init", "--family", "causal-lm", "--base", str(models / "base"), *d)[0] == 0
+    code, _, err = run(capsys, "register", str(tmp_path / "math-bf16"), "--name", "math-bf16", *d)
+    assert code == 0, err
+    runtime = open_runtime(Settings(data_dir=tmp_path / "eco"))
+    with runtime.sessions() as session:
+        (stored,) = store.list_models(session)
+        space = runtime.family(session)[2]
+    found, _ = read_header(runtime.artifacts.path_for(stored.sha256))
+    runtime.close()
+    assert sorted(found.names) == sorted(space.names)  # the shards became one artifact
+    assert {spec.dtype for spec in found} == {torch.bfloat16}
