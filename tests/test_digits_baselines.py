@@ -96,7 +96,7 @@ def test_more_variants_are_named_settings() -> None:
 
 @pytest.mark.parametrize("panel", ["scratch", "pretrained"])
 def test_benchmark_runs_every_method_and_reuses_cached_runs(panel, tmp_path, capsys, caplog) -> None:
-    argv = ["--panel", panel, "--seeds", "2", "--passes", "40", "--pairs", "2", "--out", str(tmp_path)]
+    argv = ["--panel", panel, "--seeds", "2", "--passes", "20", "--pairs", "2", "--out", str(tmp_path)]
     argv += ["--cache", str(tmp_path / "cache"), "--threads", "1"]
     first = bench.main(argv)
     expected = bench.PANELS[panel][1]
