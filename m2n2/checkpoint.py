@@ -12,6 +12,7 @@ import os
 import struct
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -284,15 +285,26 @@ def write_safetensors(
 def write_chunks(path: Path, chunks: Iterable[bytes | memoryview], durable: bool = True) -> tuple[str, int]:
     """Write ``chunks`` into the file at ``path``, hashing them on the way: (sha256, bytes).
 
-    ``durable`` fsyncs the file; a caller that may delete it unread (a rejected child) leaves that to
-    whoever keeps it (``fsync_path`` before the rename).
+    A second thread hashes and writes each chunk while the caller's generator makes the next one
+    (hashing, file writes and torch arithmetic all release the GIL), so a streamed merge costs about
+    its arithmetic, not arithmetic plus hashing plus writing. ``durable`` fsyncs the file; a caller
+    that may delete it unread (a rejected child) leaves that to whoever keeps it.
     """
     digest, n_bytes = hashlib.sha256(), 0
-    with path.open("wb") as f:
+
+    def consume(chunk: bytes | memoryview) -> None:
+        digest.update(chunk)
+        f.write(chunk)
+
+    with path.open("wb") as f, ThreadPoolExecutor(max_workers=1) as writer:
+        previous = None
         for chunk in chunks:
-            digest.update(chunk)
+            if previous is not None:
+                previous.result()  # at most one chunk waits: memory stays at one extra tensor
+            previous = writer.submit(consume, chunk)
             n_bytes += len(chunk)
-            f.write(chunk)
+        if previous is not None:
+            previous.result()
         f.flush()
         if durable:
             os.fsync(f.fileno())
