@@ -49,14 +49,8 @@ def split_slerp(a: torch.Tensor, b: torch.Tensor, mixing_ratio: float, split_poi
     return child
 
 
-def split_slerp_tensors(
-    a: TensorSource, b: TensorSource, space: ParamSpace, mixing_ratio: float, split_point: int
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """Crossover of two large models, tensor by tensor over the global index.
-
-    Two passes over the parents: one for the global angle, one yielding child tensors.
-    At most one tensor of each parent is held at a time.
-    """
+def global_cosine(a: TensorSource, b: TensorSource, space: ParamSpace) -> float:
+    """cos(Omega) between two whole models, one pass over both, one tensor of each at a time."""
     dot = norm_a2 = norm_b2 = 0.0
     for spec in space:
         ta, tb = _pair(a, b, spec.name)
@@ -66,7 +60,24 @@ def split_slerp_tensors(
             norm_a2 += torch.dot(ca, ca).item()
             norm_b2 += torch.dot(cb, cb).item()
         del ta, tb
-    cos = _cosine(dot, norm_a2, norm_b2)
+    return _cosine(dot, norm_a2, norm_b2)
+
+
+def split_slerp_tensors(
+    a: TensorSource,
+    b: TensorSource,
+    space: ParamSpace,
+    mixing_ratio: float,
+    split_point: int,
+    cos_omega: float | None = None,
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Crossover of two large models, tensor by tensor over the global index.
+
+    Two passes over the parents: one for the global angle (skipped when the caller knows
+    ``cos_omega``, from ``global_cosine``), one yielding child tensors. At most one tensor
+    of each parent is held at a time.
+    """
+    cos = global_cosine(a, b, space) if cos_omega is None else cos_omega
     before, after = slerp_weights(cos, mixing_ratio), slerp_weights(cos, 1.0 - mixing_ratio)
     for spec in space:
         ta, tb = _pair(a, b, spec.name)

@@ -6,6 +6,7 @@ runs the 19k-parameter digits MLP as one vector and a 7B model as safetensors fi
 
 import itertools
 import os
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -13,7 +14,7 @@ from typing import Any, Protocol
 import torch
 
 from m2n2.checkpoint import SafetensorsSource, StateDictSource, TensorSource, iter_tensors, write_safetensors
-from m2n2.crossover import mutate_tensors, split_slerp, split_slerp_tensors
+from m2n2.crossover import global_cosine, mutate_tensors, split_slerp, split_slerp_tensors
 from m2n2.space import ParamSpace
 
 
@@ -66,6 +67,12 @@ class LazyGenomes:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self._counter = itertools.count()
         self._written: set[Path] = set()
+        # cos(Omega) of every pair merged so far, while both genomes live: archive members are paired again
+        # and again, and a known angle saves a whole read of both parents. Same inputs, same float: a merge
+        # with a remembered angle is bit-identical to one that measures it.
+        self._angles: weakref.WeakKeyDictionary[Any, weakref.WeakKeyDictionary[Any, float]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def child(self, parent_a, parent_b, mixing_ratio, split_point, mutation_std, generator) -> TensorSource:
         for parent in (parent_a, parent_b):
@@ -74,10 +81,20 @@ class LazyGenomes:
         if parent_b is None:
             tensors = iter_tensors(parent_a, self.space)
         else:
-            tensors = split_slerp_tensors(parent_a, parent_b, self.space, mixing_ratio, split_point)
+            cos = self._angle(parent_a, parent_b)
+            tensors = split_slerp_tensors(parent_a, parent_b, self.space, mixing_ratio, split_point, cos)
         if mutation_std > 0:
             tensors = mutate_tensors(tensors, mutation_std, generator)
         return self._store(tensors)
+
+    def _angle(self, a: TensorSource, b: TensorSource) -> float:
+        """The pair's cos(Omega), measured on first use (either order)."""
+        known = self._angles.get(a, {}).get(b)
+        if known is None:
+            known = global_cosine(a, b, self.space)
+            self._angles.setdefault(a, weakref.WeakKeyDictionary())[b] = known
+            self._angles.setdefault(b, weakref.WeakKeyDictionary())[a] = known
+        return known
 
     def _store(self, tensors: Iterator[tuple[str, torch.Tensor]]) -> TensorSource:
         """Where a child's streamed tensors go: a file in ``out_dir`` (remembered, to delete on release) or memory."""

@@ -238,3 +238,28 @@ def test_lazy_genomes_on_disk_keep_parent_files_and_clean_up_children(tmp_path: 
     assert all(p.path.exists() for p in parents)  # given files survive eviction
     assert set(out.iterdir()) == members - {p.path for p in parents}  # released children are gone
     assert members - {p.path for p in parents}, "expected some children to be admitted"
+
+
+class CountingSource(StateDictSource):
+    """A state dict that counts the tensors read from it."""
+
+    reads = 0
+
+    def get(self, name: str) -> torch.Tensor:
+        self.reads += 1
+        return super().get(name)
+
+
+def test_lazy_genomes_measure_a_pair_angle_once_and_merge_it_identically() -> None:
+    sd = {"w": torch.randn(3, 4, generator=torch.Generator().manual_seed(1)), "b": torch.randn(4)}
+    space = ParamSpace.from_state_dict(sd)
+    a, b = CountingSource(sd), CountingSource({k: v.flip(-1) for k, v in sd.items()})
+    genomes = LazyGenomes(space)
+    first = genomes.child(a, b, 0.3, 5, 0.0, torch.Generator())
+    assert (a.reads, b.reads) == (4, 4)  # an angle pass and a merge pass, two tensors each
+    again = genomes.child(b, a, 0.3, 5, 0.0, torch.Generator())  # the same pair, either order
+    assert (a.reads, b.reads) == (6, 6)  # the merge pass only
+    fresh = LazyGenomes(space).child(a, b, 0.3, 5, 0.0, torch.Generator())
+    for name in space.names:
+        assert torch.equal(first.get(name), fresh.get(name))  # a remembered angle changes no bit
+    assert not torch.equal(first.get("w"), again.get("w"))  # b, a is another child: parents swap sides
