@@ -293,11 +293,11 @@ def _open(args: argparse.Namespace) -> Runtime:
     settings = Settings(data_dir=args.data_dir) if args.data_dir is not None else Settings()
     # `m2n2 evolver`, the main job, builds the embedded digits demo on its first start in an empty place
     args.first_start = (
-        args.handler is evolver and settings.store.url is None and not (settings.data_dir / "ecosystem.db").is_file()
+        args.handler is evolver and settings.sqlite_file is not None and not settings.sqlite_file.is_file()
     )
     creating = (args.handler is init and (args.demo or args.family) is not None) or args.first_start
     runtime, family = None, None
-    if creating or settings.store.url is not None or (settings.data_dir / "ecosystem.db").is_file():
+    if creating or settings.sqlite_file is None or settings.sqlite_file.is_file():
         runtime = open_runtime(settings)
         with runtime.sessions() as session, contextlib.suppress(NotFound):
             family = store.get_ecosystem(session).family

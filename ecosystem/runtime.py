@@ -62,8 +62,10 @@ class Runtime:
 def open_runtime(settings: Settings | None = None, migrate: bool = True) -> Runtime:
     """Open (and by default migrate) the store of ``settings.data_dir`` or ``settings.store.url``."""
     settings = settings or Settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # weights, database and token: the owner's
     if migrate:
         upgrade(settings.database_url)
+        if settings.sqlite_file is not None and settings.sqlite_file.is_file():
+            settings.sqlite_file.chmod(0o600)  # SQLite gives its -wal and -shm files the database file's mode
     sessions = make_sessionmaker(make_engine(settings.database_url))
     return Runtime(settings, sessions, ArtifactStore(settings.data_dir))

@@ -135,6 +135,11 @@ class Settings(BaseSettings):
         return token
 
     @property
+    def sqlite_file(self) -> Path | None:
+        """The SQLite database file in the data directory, or None when ``store.url`` names a database."""
+        return None if self.store.url else self.data_dir / "ecosystem.db"
+
+    @property
     def database_url(self) -> str:
         """The store URL in effect: ``store.url``, else ``sqlite:///<data_dir>/ecosystem.db``."""
-        return self.store.url or f"sqlite:///{self.data_dir / 'ecosystem.db'}"
+        return self.store.url or f"sqlite:///{self.sqlite_file}"

@@ -39,6 +39,8 @@ IN_CHUNK = 500  # ids per IN (...) list, far below SQLite's and PostgreSQL's bou
 SQLITE_ROWS_PER_INSERT = 333  # 3 parameters a row: 999, the bound-parameter limit of SQLite before 3.32
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # Task names go into URLs and metric labels, and never contain the newline that ends them in a content hash.
+MAX_ID = 2**63 - 1  # BIGINT's largest: a larger id would make the database driver fail, not find nothing
+MAX_SOURCE, MAX_LICENCE = 2000, 200  # characters; the licence column is VARCHAR(200)
 _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
@@ -123,7 +125,7 @@ def add_model(
     licence: str | None = None,
 ) -> Model:
     """Record a model whose weights are stored as artifact ``sha256``; its generation follows from its parents."""
-    _check_model(name, sha256, n_bytes, kind, operator, split_point, mixing_ratio)
+    _check_model(name, sha256, n_bytes, kind, operator, split_point, mixing_ratio, source, licence)
     parent_ids = [p for p in (parent_a_id, parent_b_id) if p is not None]
     if kind == "specialist" and parent_ids:
         raise InvalidInput("a specialist has no parents; record merged models with kind='child'")
@@ -162,6 +164,8 @@ def _check_model(
     operator: str,
     split_point: int | None,
     mixing_ratio: float | None,
+    source: str | None = None,
+    licence: str | None = None,
 ) -> None:
     """The checks every model row passes, one at a time (``add_model``) or a tick's children at once."""
     if not name or len(name) > 200 or name.isdigit() or name != name.strip():
@@ -178,6 +182,10 @@ def _check_model(
         raise InvalidInput(f"split_point is {split_point}; it is a parameter index, so >= 0")
     if mixing_ratio is not None and not 0 <= mixing_ratio <= 1:
         raise InvalidInput(f"mixing_ratio is {mixing_ratio}; it must lie in [0, 1]")
+    if source is not None and len(source) > MAX_SOURCE:
+        raise InvalidInput(f"source is {len(source)} characters; at most {MAX_SOURCE}")
+    if licence is not None and len(licence) > MAX_LICENCE:
+        raise InvalidInput(f"licence is {len(licence)} characters; at most {MAX_LICENCE}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -283,7 +291,9 @@ def _child_row(child: NewChild, ids: Mapping[NewChild, int], generation: int) ->
 
 
 def get_model(session: Session, model_id: int) -> Model:
-    """The model with this id."""
+    """The model with this id (an id outside the database's integer range names no model)."""
+    if not 0 < model_id <= MAX_ID:
+        raise NotFound(f"no model with id {model_id}")
     model = session.get(Model, model_id)
     if model is None:
         raise NotFound(f"no model with id {model_id}")

@@ -23,6 +23,8 @@ from m2n2.space import ParamSpace
 
 # The safetensors format caps its JSON header at 100 MB; most are a few KB.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+# Free-form metadata is stored and echoed back (model cards); real ones are a few hundred bytes.
+MAX_METADATA_BYTES = 64 * 1024
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -180,11 +182,18 @@ def _parse_header(
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InvalidCheckpoint(f"{path.name}: header is not JSON ({e}); expected {ACCEPTED}") from None
+    except RecursionError:  # JSON nested thousands deep: a hostile header, not a checkpoint
+        raise InvalidCheckpoint(f"{path.name}: header nests too deeply; expected {ACCEPTED}") from None
     if not isinstance(header, dict):
         raise InvalidCheckpoint(f"{path.name}: header is not a JSON object; expected {ACCEPTED}")
     metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict):
-        raise InvalidCheckpoint(f"{path.name}: __metadata__ is not a JSON object; expected {ACCEPTED}")
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise InvalidCheckpoint(f"{path.name}: __metadata__ is not an object of strings; expected {ACCEPTED}")
+    metadata_bytes = sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())
+    if metadata_bytes > MAX_METADATA_BYTES:
+        raise InvalidCheckpoint(
+            f"{path.name}: __metadata__ holds {metadata_bytes} bytes, over the {MAX_METADATA_BYTES}-byte limit"
+        )
     entries = []
     for name, info in header.items():
         try:
