@@ -188,7 +188,7 @@ def _parse_header(
         raise InvalidCheckpoint(f"{path.name}: header is not a JSON object; expected {ACCEPTED}")
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise InvalidCheckpoint(f"{path.name}: __metadata__ is not an object of strings; expected {ACCEPTED}")
+        raise InvalidCheckpoint(f"{path.name}: __metadata__ is not a JSON object of strings; expected {ACCEPTED}")
     metadata_bytes = sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())
     if metadata_bytes > MAX_METADATA_BYTES:
         raise InvalidCheckpoint(

@@ -31,7 +31,7 @@ def test_metadata_is_bounded_and_made_of_strings(tmp_path: Path) -> None:
     with pytest.raises(InvalidCheckpoint, match="over the 65536-byte limit"):
         read_header(safetensors_with_header(tmp_path / "big.safetensors", big))
     nested = json.dumps({"__metadata__": {"card": {"nested": "object"}}}).encode()
-    with pytest.raises(InvalidCheckpoint, match="not an object of strings"):
+    with pytest.raises(InvalidCheckpoint, match="not a JSON object of strings"):
         read_header(safetensors_with_header(tmp_path / "nested.safetensors", nested))
 
 
