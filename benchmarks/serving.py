@@ -22,13 +22,15 @@ weights, built once under ``benchmarks/results/`` with a byte-level BPE tokenize
 to the same vocabulary size, as the only specialist of a causal-lm ecosystem (one entry worker).
 Latency: ``/v1/completions`` over HTTP interleaved call by call with the same greedy generation
 in this process (``family.generate`` on the champion built the same way). Throughput: completion
-tokens per second from 8 concurrent clients and from one client at a time, in alternating rounds.
+tokens per second from 8 concurrent clients and from one client at a time, in alternating rounds
+(each counted for 60 s after 10 s of warm-up).
 """
 
 import argparse
 import json
 import logging
 import random
+import re
 import statistics
 import string
 import sys
@@ -285,9 +287,16 @@ def lm_latencies(server: Server, calls: int, max_tokens: int) -> dict[str, list[
     return {"http": http, "local": local, "failures": failures}
 
 
-def lm_tokens_per_second(server: Server, clients: int, seconds: float, max_tokens: int) -> tuple[float, int]:
-    """Completion tokens per second from ``clients`` threads calling back to back for ``seconds``."""
-    tokens, failures, stop = [0] * clients, [0] * clients, threading.Event()
+def lm_tokens_per_second(
+    server: Server, clients: int, seconds: float, max_tokens: int, warmup: float
+) -> tuple[float, int]:
+    """Completion tokens per second from ``clients`` threads calling back to back.
+
+    Counted over ``seconds`` after ``warmup``: tokens of the completions that finished in that window,
+    so the first batch (one client alone while the others queue) does not weigh on the steady state.
+    """
+    done: list[tuple[float, int]] = []  # (finished at, completion tokens)
+    failures, stop = [0] * clients, threading.Event()
 
     def run(k: int) -> None:
         with httpx.Client(base_url=server.url, timeout=600) as client:
@@ -296,20 +305,29 @@ def lm_tokens_per_second(server: Server, clients: int, seconds: float, max_token
                 body = {"prompt": LM_PROMPTS[i % len(LM_PROMPTS)], "max_tokens": max_tokens, "temperature": 0}
                 response = client.post("/v1/completions", json=body)
                 if response.status_code == 200:
-                    tokens[k] += response.json()["usage"]["completion_tokens"]
+                    done.append((time.perf_counter(), response.json()["usage"]["completion_tokens"]))
                 else:
                     failures[k] += 1
                 i += clients
 
     threads = [threading.Thread(target=run, args=(k,)) for k in range(clients)]
-    start = time.perf_counter()
     for t in threads:
         t.start()
-    time.sleep(seconds)
+    begin = time.perf_counter() + warmup
+    time.sleep(warmup + seconds)
+    end = time.perf_counter()
     stop.set()
     for t in threads:
         t.join()
-    return sum(tokens) / (time.perf_counter() - start), sum(failures)
+    return sum(n for at, n in done if begin <= at <= end) / (end - begin), sum(failures)
+
+
+def batch_rows(server: Server) -> tuple[float, float]:
+    """(sequences, batches) the workers have decoded so far, from ``m2n2_generation_batch_rows``."""
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    sums = re.findall(r"^m2n2_generation_batch_rows_sum(?:\{[^}]*\})? (\S+)$", text, re.M)
+    counts = re.findall(r"^m2n2_generation_batch_rows_count(?:\{[^}]*\})? (\S+)$", text, re.M)
+    return sum(map(float, sums)), sum(map(float, counts))
 
 
 def lm_main(argv: list[str]) -> dict:
@@ -317,7 +335,8 @@ def lm_main(argv: list[str]) -> dict:
     parser.add_argument("--calls", type=int, default=20, help="timed completions over HTTP and in process")
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens per completion")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients of the throughput rounds")
-    parser.add_argument("--seconds", type=float, default=20.0, help="length of each throughput round")
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of each throughput round")
+    parser.add_argument("--warmup", type=float, default=10.0, help="seconds of each round not counted")
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds per client count, alternating")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, in the worker and in this process")
     args = parser.parse_args(argv)
@@ -343,12 +362,17 @@ def lm_main(argv: list[str]) -> dict:
             timed = lm_latencies(server, args.calls, args.max_tokens)
             rates: dict[int, list[float]] = {1: [], args.clients: []}
             failures = timed["failures"]
+            rows: dict[int, list[float]] = {1: [], args.clients: []}
             for r in range(args.rounds):
                 for clients in (1, args.clients):
-                    rate, failed = lm_tokens_per_second(server, clients, args.seconds, args.max_tokens)
+                    before = batch_rows(server)
+                    rate, failed = lm_tokens_per_second(server, clients, args.seconds, args.max_tokens, args.warmup)
+                    after = batch_rows(server)
                     rates[clients].append(rate)
+                    rows[clients].append((after[0] - before[0]) / max(after[1] - before[1], 1))
                     failures += failed
-                    log.info("round %d, %d clients: %.1f tokens/s", r + 1, clients, rate)
+                    what = "round %d, %d clients: %.1f tokens/s, %.1f sequences per batch"
+                    log.info(what, r + 1, clients, rate, rows[clients][-1])
         finally:
             server.stop()
     http, local = statistics.median(timed["http"]), statistics.median(timed["local"])
@@ -360,6 +384,7 @@ def lm_main(argv: list[str]) -> dict:
         "tokens_per_s_1_client": one,
         f"tokens_per_s_{args.clients}_clients": many,
         "speedup": many / one,
+        "sequences_per_batch": {k: statistics.median(v) for k, v in rows.items()},
         "failures": failures,
     }
     print(f"| completion of {args.max_tokens} tokens | p50 |")
@@ -372,6 +397,7 @@ def lm_main(argv: list[str]) -> dict:
     print("|---|---|")
     print(f"| 1 at a time | {one:.1f} |")
     print(f"| {args.clients} concurrent | {many:.1f} (**{many / one:.2f}x**) |")
+    print(f"sequences per batch (median of rounds): {results['sequences_per_batch']}")
     print(json.dumps(results))
     return results
 

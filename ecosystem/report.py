@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from ecosystem import scoring, store, weights
 from ecosystem.db import begin_write
-from ecosystem.errors import Conflict
+from ecosystem.errors import Conflict, NotFound
 from ecosystem.orm import ChampionEvent, Model
 from ecosystem.runtime import Runtime
 from ecosystem.specialists import Registration
@@ -318,8 +318,12 @@ def format_registration(r: Registration) -> str:
 
 
 def require_weights(runtime: Runtime, model: Model) -> None:
-    """Make sure the model's weights file exists: an evicted child's is recreated from its lineage (its recipe)."""
-    weights.ensure(runtime, model)
+    """``NotFound`` unless the model's weights file is stored (``weights.ensure`` recreates an evicted one)."""
+    if not runtime.artifacts.exists(model.sha256):
+        raise NotFound(
+            f"model {model.name!r} has no stored weights: a child that left the archive keeps only its lineage; "
+            "`m2n2 rebuild` recreates them"
+        )
 
 
 def export_model(runtime: Runtime, model_ref: str, directory: str | os.PathLike) -> list[store.Ancestor]:
@@ -331,7 +335,7 @@ def export_model(runtime: Runtime, model_ref: str, directory: str | os.PathLike)
         model = store.model_by_name_or_id(session, model_ref)
         ancestors = store.lineage(session, model.id)
         family, config, _ = runtime.family(session)
-    require_weights(runtime, model)
+    weights.ensure(runtime, model)  # an evicted child is rebuilt from its lineage first
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()):
         raise Conflict(f"{directory} already exists and is not empty; export into a new or empty directory")
