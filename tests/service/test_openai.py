@@ -271,6 +271,17 @@ def test_export_writes_the_native_layout_and_the_card(lm_server: Server) -> None
         assert json.loads(zf.read("config.json"))["model_type"] == "llama"
 
 
+def test_a_checkpoint_directory_registers_by_path(lm_server: Server) -> None:
+    incoming = lm_server.data_dir / "incoming"
+    directory = tiny_llama(incoming / "lm-3", seed=3)  # save_pretrained's layout, tokenizer included
+    with lm_server.client() as admin:
+        response = admin.post("/register_path", json={"path": str(directory), "name": "lm-3", "licence": "MIT"})
+        assert response.status_code == 200, response.text
+        assert response.json()["name"] == "lm-3" and 0 <= response.json()["scores"]["arithmetic"] <= 1
+        outside = admin.post("/register_path", json={"path": str(lm_server.base), "name": "lm-base"})
+        assert outside.status_code == 422 and "incoming" in outside.json()["error"]
+
+
 def test_a_promotion_swaps_the_generating_champion(lm: openai.OpenAI, lm_server: Server) -> None:
     name, version = champion(lm_server)
     other = "lm-2" if name != "lm-2" else "lm-1"
