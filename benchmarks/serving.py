@@ -223,24 +223,14 @@ def gpt2_small(directory: Path = LM_DIR) -> Path:
     """A GPT-2-small-sized checkpoint with random weights and a 50257-token tokenizer, built once and cached."""
     if (directory / "model.safetensors").is_file():
         return directory
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoModelForCausalLM, GPT2Config, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM, GPT2Config
 
-    eos = "<|endoftext|>"
+    from benchmarks.hf import train_tokenizer
+
     rng = random.Random(0)  # random "words", so byte-level BPE finds 50k merges in a few MB of text
     words = ["".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 9))) for _ in range(60_000)]
     corpus = [" ".join(rng.choice(words) for _ in range(50)) for _ in range(8_000)] + LM_PROMPTS
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=GPT2_SMALL["vocab_size"],
-        special_tokens=[eos],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(corpus, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=eos, pad_token=eos, bos_token=eos)
+    fast = train_tokenizer(GPT2_SMALL["vocab_size"], corpus)
     torch.manual_seed(0)
     config = GPT2Config(**GPT2_SMALL, bos_token_id=0, eos_token_id=0, architectures=["GPT2LMHeadModel"])
     model = AutoModelForCausalLM.from_config(config).eval()
