@@ -41,6 +41,8 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 # Task names go into URLs and metric labels, and never contain the newline that ends them in a content hash.
 MAX_ID = 2**63 - 1  # BIGINT's largest: a larger id would make the database driver fail, not find nothing
 MAX_SOURCE, MAX_LICENCE = 2000, 200  # characters; the licence column is VARCHAR(200)
+# Model names go into file names, URLs and Content-Disposition headers: Hugging Face's repository-name charset.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9._-]{1,96}")
 _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
@@ -168,8 +170,11 @@ def _check_model(
     licence: str | None = None,
 ) -> None:
     """The checks every model row passes, one at a time (``add_model``) or a tick's children at once."""
-    if not name or len(name) > 200 or name.isdigit() or name != name.strip():
-        raise InvalidInput(f"model name {name!r} must be 1-200 characters, not only digits, no outer spaces")
+    if not _MODEL_NAME.fullmatch(name) or name.isdigit() or name in (".", ".."):
+        raise InvalidInput(
+            f"model name {name!r} must be 1-96 letters, digits, '.', '_' or '-' (as a Hugging Face repository "
+            "name), not only digits, not '.' or '..'"
+        )
     if not _SHA256.fullmatch(sha256):
         raise InvalidInput(f"sha256 {sha256!r} is not 64 lowercase hex digits")
     if n_bytes < 0:

@@ -59,3 +59,9 @@ def test_source_and_licence_are_bounded(runtime) -> None:
 def test_the_data_directory_and_database_are_private(runtime) -> None:
     assert stat.S_IMODE(runtime.settings.data_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE(runtime.settings.sqlite_file.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "a b", "..", ".", "42", "x" * 97, "naïve", ""])
+def test_model_names_use_a_safe_charset(runtime, name: str) -> None:
+    with runtime.sessions() as session, pytest.raises(InvalidInput, match="model name"):
+        store.add_model(session, name=name, sha256="a" * 64, n_bytes=1)
