@@ -2,10 +2,13 @@
 
 Requests follow OpenAI's API reference for the parameters this server implements; any other
 field is refused (422) rather than silently ignored, so a client never believes a setting it
-sent took effect. Responses are built as plain dicts (one per request or chunk, on the hot
-path) and documented by the models below.
+sent took effect. OpenAI parameters this server does not implement are accepted only at their
+neutral values (``frequency_penalty: 0``, ``logit_bias: {}``, ...), which many client libraries
+send by default; any other value is refused naming the parameter. Responses are built as plain
+dicts (one per request or chunk, on the hot path) and documented by the models below.
 """
 
+import json
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -28,6 +31,14 @@ class StreamOptions(_Strict):
     include_usage: bool = Field(False, description="send a last chunk with the token counts (empty choices)")
 
 
+def _neutral(value: Any, neutral: tuple[Any, ...]) -> Any:
+    """``value`` if it asks for nothing this server would have to do, else a ValueError saying so."""
+    if value not in neutral:
+        allowed = " or ".join(json.dumps(v) for v in neutral if v is not None) or "null"
+        raise ValueError(f"not supported by this server; leave it out or send {allowed}")
+    return value
+
+
 class _Sampled(_Strict):
     """The decoding parameters both routes share."""
 
@@ -41,6 +52,21 @@ class _Sampled(_Strict):
     n: int = Field(1, ge=1, le=MAX_N, description="choices per prompt")
     stream: bool = Field(False, description="server-sent events in OpenAI's chunk format, ending with [DONE]")
     stream_options: StreamOptions | None = None
+    user: str | None = Field(None, description="accepted and ignored")
+    # Not implemented: accepted only at the neutral values client libraries send by default.
+    frequency_penalty: float | None = Field(None, description="0 only")
+    presence_penalty: float | None = Field(None, description="0 only")
+    logit_bias: dict[str, float] | None = Field(None, description="empty only")
+
+    @field_validator("frequency_penalty", "presence_penalty")
+    @classmethod
+    def _no_penalty(cls, value: float | None) -> float | None:
+        return _neutral(value, (None, 0))
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_bias(cls, value: dict | None) -> dict | None:
+        return _neutral(value, (None, {}))
 
     @field_validator("stop")
     @classmethod
@@ -73,6 +99,25 @@ class CompletionRequest(_Sampled):
 
     prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_PROMPTS)]
     max_tokens: int | None = Field(16, ge=1, description="tokens to generate at most (OpenAI's default: 16)")
+    logprobs: int | None = Field(None, description="null only")
+    echo: bool = Field(False, description="false only")
+    best_of: int | None = Field(None, description="1 only")
+    suffix: str | None = Field(None, description="null only")
+
+    @field_validator("logprobs", "suffix")
+    @classmethod
+    def _nothing(cls, value: Any) -> Any:
+        return _neutral(value, (None,))
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, value: bool) -> bool:
+        return _neutral(value, (False,))
+
+    @field_validator("best_of")
+    @classmethod
+    def _one(cls, value: int | None) -> int | None:
+        return _neutral(value, (None, 1))
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
@@ -90,6 +135,13 @@ class ChatRequest(_Sampled):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_tokens: int | None = Field(None, ge=1, description="default: what the context and the server's cap leave")
     max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
+    logprobs: bool | None = Field(None, description="false only")
+    top_logprobs: int | None = Field(None, description="null only")
+
+    @field_validator("logprobs", "top_logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: Any) -> Any:
+        return _neutral(value, (None, False))
 
     def limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

@@ -169,7 +169,9 @@ def test_a_stop_string_ends_the_text_before_it(lm: openai.OpenAI) -> None:
         ({"top_p": 0}, "top_p", "greater than 0"),
         ({"n": 0}, "n", "greater than or equal to 1"),
         ({"max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
-        ({"logprobs": 2}, "logprobs", "Extra inputs are not permitted"),
+        ({"colour": "red"}, "colour", "Extra inputs are not permitted"),
+        ({"logprobs": 2}, "logprobs", "not supported by this server; leave it out or send null"),
+        ({"frequency_penalty": 0.5}, "frequency_penalty", "not supported by this server; leave it out or send 0"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4 stop sequences"),
         ({"max_tokens": CAP + 1}, "max_tokens", f"at most {CAP} (M2N2_SERVICE__MAX_TOKENS_CAP)"),
         ({"prompt": 300}, "prompt", "the model's context is 256 tokens"),
@@ -187,6 +189,15 @@ def test_bad_parameters_are_422_in_openai_shape(
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == param and message in error["message"]
     assert error.keys() == {"message", "type", "param", "code"}
+
+
+def test_neutral_values_of_unimplemented_parameters_are_accepted(lm_server: Server) -> None:
+    """What client libraries send by default (penalties 0, no logit bias, a user) must not be refused."""
+    defaults = {"frequency_penalty": 0, "presence_penalty": 0, "logit_bias": {}, "n": 1, "top_p": 1, "user": "u"}
+    body = {"model": "any", "prompt": PROMPT, "max_tokens": 2, "echo": False, "best_of": 1, **defaults}
+    assert httpx.post(f"{lm_server.url}/v1/completions", json=body, timeout=60).status_code == 200
+    chat = {"model": "any", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "logprobs": False}
+    assert httpx.post(f"{lm_server.url}/v1/chat/completions", json={**chat, **defaults}, timeout=60).status_code == 200
 
 
 def prompt_of(tokenizer, n_tokens: int) -> str:
