@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from ecosystem import backup as ecosystem_backup
 from ecosystem import demo as digits_demo
 from ecosystem import feedback, promotion, report, schedule, setup, store, tasks, weights
 from ecosystem.db import begin_write
@@ -239,6 +240,21 @@ def pin(runtime: Runtime, args: argparse.Namespace) -> int:
     return 0
 
 
+def backup(runtime: Runtime, args: argparse.Namespace) -> int:
+    """Snapshot the ecosystem (database, weights, family files) into a new directory, while it runs."""
+    done = ecosystem_backup.backup(runtime, args.dir)
+    print(f"backed up {done.models} models and {done.weights_files} weights files to {done.directory}")
+    return 0
+
+
+def restore(args: argparse.Namespace) -> int:
+    """Bring a backup back into an empty data directory."""
+    settings = Settings(data_dir=args.data_dir) if args.data_dir is not None else Settings()
+    done = ecosystem_backup.restore(settings, args.dir)
+    print(f"restored {done.models} models and {done.weights_files} weights files into {done.directory}")
+    return 0
+
+
 # --- helpers -------------------------------------------------------------------------------------------------
 
 
@@ -407,6 +423,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path, metavar="DIR", help="where model.safetensors and README.md go")
     p = add(commands, "rebuild", rebuild, "recreate an evicted model's weights from its lineage")
     p.add_argument("model", metavar="MODEL", help="a model name or id")
+    p = add(commands, "backup", backup, "snapshot the ecosystem into a new directory (safe while it runs)")
+    p.add_argument("dir", type=Path, metavar="DIR")
+    p = add(commands, "restore", restore, "bring a backup back into an empty data directory")
+    p.add_argument("dir", type=Path, metavar="DIR", help="a directory written by `m2n2 backup`")
     p = add(commands, "pin", pin, "keep a model's weights even after it leaves the archive")
     p.add_argument("model", metavar="MODEL", help="a model name or id")
     p.add_argument("--off", action="store_true", help="release the pin instead")
@@ -422,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.handler is demo:
         return demo(args)
     try:
+        if args.handler is restore:  # the one command that needs an empty data directory
+            return restore(args)
         runtime = _open(args)
         try:
             return args.handler(runtime, args)
