@@ -5,13 +5,14 @@ a move of the champion pointer is recorded with its scores and reason in the sam
 transaction that makes it.
 """
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from ecosystem import gate, metrics, scoring, store, weights
+from ecosystem import gate, metrics, scoring, smoke, store, weights
 from ecosystem.db import begin_write
 from ecosystem.errors import Conflict
 from ecosystem.orm import Champion, ChampionEvent, Model
@@ -125,6 +126,11 @@ class Gatekeeper:
             challenger_scores, incumbent_scores, settings.margin, settings.significance, settings.min_gate_points
         )
         if decision.promote:
+            try:
+                smoke.check_serves(self.runtime, candidate)  # better on the gate, and it must serve too
+            except smoke.SmokeTestFailed as failed:
+                decision = dataclasses.replace(decision, promote=False, reason=f"keep champion: {failed}")
+        if decision.promote:
             evidence = (incumbent_scores, challenger_scores, decision)
             _move(session, candidate, "promote", self.actor, decision.reason, *evidence)
             metrics.PROMOTIONS.inc()
@@ -140,6 +146,7 @@ def promote(runtime: Runtime, model_ref: str | int, actor: str, reason: str = "p
         begin_write(session)  # reads, then moves the pointer: hold the SQLite write lock throughout
         model = store.model_by_name_or_id(session, model_ref)
         weights.ensure(runtime, model)  # an evicted child's weights are rebuilt from its lineage
+        smoke.check_serves(runtime, model)  # never name a champion no worker would serve
         current = store.champion(session)
         if current is None:
             event = store.set_champion(session, model.id, "initial", actor, reason=reason)
@@ -164,6 +171,8 @@ def rollback(runtime: Runtime, actor: str, reason: str = "rolled back by hand") 
         target = store.previous_champion(session)
         if target is None:
             raise Conflict("nothing to roll back: no promotion has replaced an earlier champion")
+        weights.ensure(runtime, target)
+        smoke.check_serves(runtime, target)
         event = store.set_champion(session, target.id, "rollback", actor, reason=reason)
         metrics.ROLLBACKS.inc()
         session.commit()

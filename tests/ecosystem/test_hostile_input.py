@@ -6,12 +6,15 @@ import struct
 from pathlib import Path
 
 import pytest
+import torch
 
-from ecosystem import store
+from ecosystem import demo, promotion, store
 from ecosystem.errors import InvalidInput, NotFound
 from ecosystem.runtime import open_runtime
 from ecosystem.settings import Settings
-from m2n2.checkpoint import MAX_METADATA_BYTES, read_header
+from ecosystem.smoke import SmokeTestFailed
+from ecosystem.specialists import register
+from m2n2.checkpoint import MAX_METADATA_BYTES, read_header, write_safetensors
 from m2n2.errors import InvalidCheckpoint
 
 
@@ -65,3 +68,20 @@ def test_the_data_directory_and_database_are_private(runtime) -> None:
 def test_model_names_use_a_safe_charset(runtime, name: str) -> None:
     with runtime.sessions() as session, pytest.raises(InvalidInput, match="model name"):
         store.add_model(session, name=name, sha256="a" * 64, n_bytes=1)
+
+
+def test_a_model_that_cannot_serve_is_never_made_champion(tmp_path: Path, settings_env) -> None:
+    runtime = open_runtime(Settings(data_dir=tmp_path / "data"))
+    demo.init_digits(runtime)
+    with runtime.sessions() as session:
+        space = runtime.family(session)[2]
+        before = store.champion(session).version
+    huge = {spec.name: torch.full(spec.shape, 3e38) for spec in space}  # finite weights, infinite logits
+    path = write_safetensors(tmp_path / "huge.safetensors", space, huge.items())
+    register(runtime, path, name="huge", registered_by="test")
+    with pytest.raises(SmokeTestFailed, match="'huge' gives a non-finite answer"):
+        promotion.promote(runtime, "huge", "test")
+    with runtime.sessions() as session:
+        assert store.champion(session).version == before  # nothing recorded
+        assert store.champion_history(session, 1)[0].version == before
+    runtime.close()
