@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 from torch import nn
 
 from ecosystem.errors import RegistrationRefused
@@ -17,8 +17,20 @@ from m2n2.digits import SCORING_RULES, FlatMLPScorer
 from m2n2.space import ParamSpace
 
 WEIGHTS = "model.safetensors"  # the file a checkpoint directory of this family holds
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # the model computes in float32: larger numbers become inf
+
+
+def _in_float32_range(x: float) -> float:
+    """Refuse what float32 would turn into inf (and the answer into NaN)."""
+    if abs(x) > FLOAT32_MAX:
+        raise ValueError(f"{x:g} is outside float32's range (the model computes in float32)")
+    return x
+
+
+# Numbers only: strict, so "1.5" and true are refused rather than coerced (feedback refuses them too).
+Feature = Annotated[float, Field(strict=True, allow_inf_nan=False), AfterValidator(_in_float32_range)]
 Features = Annotated[
-    list[Annotated[float, Field(allow_inf_nan=False)]],
+    list[Feature],
     Field(min_length=1, description="one feature vector: layers[0] finite numbers (64 for the digits demo)"),
 ]
 
@@ -163,6 +175,8 @@ def _check_features(v: Any, width: int, field: str) -> None:
     for i, x in enumerate(v):
         if not isinstance(x, int | float) or isinstance(x, bool) or not math.isfinite(x):
             raise ValueError(f"{field}[{i}]: expected a finite number, got {x!r}")
+        if abs(x) > FLOAT32_MAX:
+            raise ValueError(f"{field}[{i}]: {x:g} is outside float32's range (the model computes in float32)")
 
 
 def _check_label(v: Any, n_classes: int, field: str) -> None:

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from pydantic import TypeAdapter, ValidationError
 
 from ecosystem.families import FAMILIES, Family, FlatScoring, UnknownFamily, get_family, register_family
 from m2n2 import digits
@@ -188,3 +189,13 @@ def test_build_refuses_a_state_dict_of_another_layout(classifier: Family) -> Non
         classifier.build(DEEP, StateDictSource({k: v for k, v in state.items() if k != "fc3.bias"}))
     with pytest.raises(IncompatibleModels, match=r"unexpected tensor 'extra'"):
         classifier.build(DEEP, StateDictSource({**state, "extra": torch.zeros(1)}))
+
+
+@pytest.mark.parametrize("feature", ["1.5", True, 1e39, float("nan")])
+def test_predict_inputs_are_finite_float32_numbers(classifier: Family, feature) -> None:
+    inputs = TypeAdapter(list[classifier.predict_input])
+    assert inputs.validate_python([[0, 1.5, -3]]) == [[0.0, 1.5, -3.0]]
+    with pytest.raises(ValidationError):
+        inputs.validate_python([[0, feature, 1]])
+    with pytest.raises(ValueError, match="inputs\\[1\\]"):
+        classifier.validate_point(DEEP, [0, feature, 1, 2, 3], 0)
