@@ -19,6 +19,7 @@ from ecosystem.runtime import Runtime, open_runtime
 from ecosystem.schedule import single_evolver, start
 from ecosystem.settings import Settings
 from service.errors import answers_errors
+from service.parent import exit_with_parent
 from service.schemas import TickResult
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class EvolverService:
     """Runs M2N2 ticks on the stored archive, then the promotion gate."""
 
     def __init__(self) -> None:
+        exit_with_parent()  # nor the evolver holding its lock
         settings = Settings()
         self._lock = contextlib.ExitStack()
         self._lock.enter_context(single_evolver(settings))  # one evolver per data directory
