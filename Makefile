@@ -25,6 +25,8 @@ run: $(INSTALLED)
 # pytest exits 5 when it collects no test; that is not a failure of the code.
 # Unless M2N2_TEST_POSTGRES_URL names a database, the store tests also run on a throwaway PostgreSQL
 # (scripts/postgres.sh), stopped afterwards; if it cannot start, those tests skip and the rest still run.
+# The browser tests (tests/ui) drive the system's Chromium, installed if missing by scripts/browser.sh;
+# without one they skip.
 test: $(INSTALLED)
 	@pgdir=; \
 	if [ -z "$${M2N2_TEST_POSTGRES_URL:-}" ]; then \
@@ -35,6 +37,13 @@ test: $(INSTALLED)
 			export M2N2_TEST_POSTGRES_URL="$$(printf '%s\n' "$$out" | tail -n 1)"; \
 		else \
 			echo "PostgreSQL did not start: the PostgreSQL tests will skip" >&2; \
+		fi; \
+	fi; \
+	if [ -z "$${M2N2_TEST_CHROMIUM:-}" ]; then \
+		if out=$$(bash scripts/browser.sh); then \
+			export M2N2_TEST_CHROMIUM="$$(printf '%s\n' "$$out" | tail -n 1)"; \
+		else \
+			echo "Chromium is not available: the browser tests will skip" >&2; \
 		fi; \
 	fi; \
 	$(BIN)/python -m pytest -q; rc=$$?; \

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Annotated
 
+import anyio
 import bentoml
 import torch
 from bentoml.validators import ContentType
@@ -26,12 +27,12 @@ from pydantic import Field, ValidationError
 from starlette.background import BackgroundTask
 from starlette.responses import FileResponse, JSONResponse
 
-from ecosystem import metrics, promotion, report, tasks
+from ecosystem import metrics, promotion, report, tasks, views
 from ecosystem.imports import importable
 from ecosystem.runtime import open_runtime
 from ecosystem.settings import Settings
 from ecosystem.specialists import register as register_specialist
-from service import completions
+from service import completions, ui
 from service.auth import BearerAuth, admin_token
 from service.batching import GreedyBatcher
 from service.champion import ChampionWatcher, Served
@@ -39,14 +40,19 @@ from service.errors import NotReady, answers_errors, invalid
 from service.evolver import EvolverService
 from service.generation import GenerationBatcher
 from service.http import VERSION_HEADER, BodyLimit, InvalidInputStatus, OpenAPIErrors
+from service.parent import exit_with_parent
 from service.routes import ROUTES, errors, protected
 from service.schemas import (
+    Ancestry,
     ChampionMove,
     FeedbackResult,
     LineageEntry,
+    Niches,
     Point,
     Prediction,
     RegistrationResult,
+    Sample,
+    Samples,
     Status,
     TaskInfo,
     TickResult,
@@ -62,6 +68,7 @@ Inputs = predict_inputs(CONFIG.max_batch_size)
 
 
 @bentoml.asgi_app(completions.app, path="/v1")
+@bentoml.asgi_app(ui.app(SETTINGS), path="/ui")  # the web page: static files, no data
 @bentoml.service(name="ecosystem", workers=CONFIG.workers, traffic={"timeout": 600})
 class Ecosystem:
     """Predict on the champion (or complete text, OpenAI-style); register specialists, post feedback, promote."""
@@ -69,6 +76,7 @@ class Ecosystem:
     evolver = bentoml.depends(EvolverService, url=CONFIG.evolver_url)
 
     def __init__(self) -> None:
+        exit_with_parent()  # a kill -9 of `bentoml serve` alone must not leave this worker on the port
         self.settings = Settings()
         torch.set_num_threads(self.settings.service.torch_threads)
         admin_token(self.settings)  # first start: generate and print it now, not on the first call
@@ -129,6 +137,33 @@ class Ecosystem:
     def lineage(self, model: Name) -> list[LineageEntry]:
         """The model (name or id) and its ancestry: operators, split points, mixing ratios, sources."""
         return [LineageEntry(**row) for row in report.lineage_rows(self.runtime, model)]
+
+    @bentoml.api
+    @answers_errors
+    def niches(self) -> Niches:
+        """Each archive member's stored score on each fitness point, the points grouped by task and niche."""
+        body = Niches(**views.niches(self.runtime))
+        # Returned as plain JSON, as /predict's: BentoML would rebuild the response's JSON schema for every call.
+        return JSONResponse(body.model_dump(mode="json"))
+
+    @bentoml.api
+    @answers_errors
+    def ancestry(self, model: Name | None = None, depth: Annotated[int, Field(ge=0, le=64)] = views.DEPTH) -> Ancestry:
+        """The model's (default: the champion's) ancestors as a tree: split tensors, mixing ratios, scores, sources."""
+        return Ancestry(**views.ancestry(self.runtime, model, depth))
+
+    @bentoml.api
+    @answers_errors
+    async def samples(self, per_task: Annotated[int, Field(ge=1, le=16)] = views.SAMPLES) -> Samples:
+        """The served champion's answers on the newest gate points of each task, with its stored scores on them."""
+        if (served := self.watcher.current) is None:
+            raise NotReady("no champion is loaded yet; /readyz answers 200 once one is")
+        points = await anyio.to_thread.run_sync(views.sample_points, self.runtime, served.model_id, per_task)
+        # On the model just read, not through the batcher, so the answers and the scores are the same model's.
+        answers = await anyio.to_thread.run_sync(served.predict, [p["inputs"] for p in points]) if points else []
+        samples = [Sample(**p, answer=a) for p, a in zip(points, answers, strict=True)]
+        who = {"model": served.model_name, "model_id": served.model_id, "version": served.version}
+        return Samples(family=served.family.name, **who, samples=samples)
 
     @bentoml.api
     @answers_errors

@@ -6,7 +6,7 @@ OpenAPI middleware read the same table the routes are declared from.
 
 from ecosystem.settings import Settings
 
-READS = {"/predict", "/status", "/lineage", "/export"}
+READS = {"/predict", "/status", "/lineage", "/export", "/niches", "/ancestry", "/samples"}
 OPENAI = {"/v1/completions", "/v1/chat/completions", "/v1/models"}  # reads too (documented by FastAPI)
 WRITES = {"/register", "/register_path", "/tasks", "/feedback", "/promote", "/rollback", "/evolve"}
 ROUTES = READS | WRITES  # the BentoML routes: their request bodies are parsed by BentoML
@@ -17,6 +17,9 @@ _ERRORS: dict[str, set[int]] = {
     "/status": {413},
     "/lineage": {404, 413, 422},
     "/export": {404, 409, 413, 422},
+    "/niches": {413},
+    "/ancestry": {404, 413, 422},
+    "/samples": {413, 422, 503},
     "/register": {409, 413, 422},
     "/register_path": {409, 413, 422},
     "/tasks": {409, 413, 422},

@@ -164,3 +164,112 @@ class TickResult(BaseModel):
     seconds: float
     promotion: str | None = Field(description="what the gate decided after the tick")
     skipped: str = Field("", description="why nothing ran, if nothing did")
+
+
+# --- the web page's views (/niches, /ancestry, /samples): see ecosystem/views.py ---------------------------
+
+
+class NicheMember(BaseModel):
+    slot: int
+    model: str
+    model_id: int
+    kind: str
+    generation: int
+    champion: bool
+
+
+class Niche(BaseModel):
+    """A cluster of one task's fitness points that the archive members score alike."""
+
+    task: str
+    start: int = Field(description="its first point's column in the score matrix")
+    points: int
+    crowding: float = Field(description="mean over its points of the summed member scores (z_j)")
+    best: int | None = Field(description="slot of the member with the highest mean score on it")
+    profile: list[float] = Field(description="each member's mean score on it, in member order")
+
+
+class TaskCoverage(BaseModel):
+    name: str
+    points: int = Field(description="fitness points in the task's window")
+    coverage: float | None = Field(description="mean over its points of the best member's score")
+
+
+class Niches(BaseModel):
+    """The archive × fitness-points score matrix, points grouped by task and niche."""
+
+    members: list[NicheMember] = Field(description="the archive's members, one matrix row each, by slot")
+    point_ids: list[int] = Field(description="the fitness points, one matrix column each, in display order")
+    scores: list[list[float | None]] = Field(description="[member][point] stored score; null: never scored")
+    best: list[int | None] = Field(
+        description="per point, the slot of the best member, the lowest among ties (null: nobody scores)"
+    )
+    sharing: list[int] = Field(description="per point, how many members tie for the best score (0: nobody scores)")
+    niches: list[Niche]
+    tasks: list[TaskCoverage]
+    coverage: float | None
+
+
+class SplitLocation(BaseModel):
+    """Where a merge's split point falls in the parameter vector."""
+
+    index: int = Field(description="the global parameter index")
+    fraction: float = Field(description="index / number of parameters")
+    tensor: str = Field(description="the tensor holding it, by state-dict name")
+    tensor_index: int = Field(description="its index within that tensor (flattened)")
+    tensor_numel: int
+
+
+class ParentRef(BaseModel):
+    role: Literal["a", "b"]
+    model: str
+    model_id: int
+
+
+class AncestryNode(BaseModel):
+    model: str
+    model_id: int
+    depth: int = Field(description="merges away from the model asked about (0: itself)")
+    kind: str
+    operator: str
+    generation: int
+    parents: list[ParentRef] = Field(description="parents beyond the depth asked for are named but have no node")
+    split: SplitLocation | None
+    mixing_ratio: float | None
+    sha256: str
+    n_bytes: int
+    registered_by: str | None
+    source: str | None
+    licence: str | None
+    created_at: datetime
+    slot: int | None = Field(description="its archive slot, if it is a member")
+    champion: bool
+    fitness: PerTask = Field(description="mean stored score on each task's fitness window")
+    gate: PerTask = Field(description="mean stored score on each task's gate set")
+
+
+class Ancestry(BaseModel):
+    model: str
+    version: int | None = Field(description="the champion version, when the model is the champion")
+    max_depth: int
+    n_params: int
+    nodes: list[AncestryNode] = Field(description="the model first, then its ancestors, nearest first")
+
+
+class Sample(BaseModel):
+    point_id: int
+    task: str
+    inputs: Any
+    target: Any
+    score: float | None = Field(description="the model's stored score on the point (null: not scored yet)")
+    answer: dict[str, Any] = Field(description="the served family's answer, as /predict gives it")
+
+
+class Samples(BaseModel):
+    """The served champion's answers on the newest gate points of each task."""
+
+    family: str
+    model: str
+    model_id: int
+    version: int
+    samples: list[Sample]
