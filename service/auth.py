@@ -55,7 +55,7 @@ def _create(path: Path, token: str) -> bool:
 
 
 class BearerAuth:
-    """ASGI middleware: the listed paths need ``Authorization: Bearer <token>`` (401 without, 403 when wrong)."""
+    """ASGI middleware: the listed paths need one ``Authorization: Bearer <token>`` (401 without, 403 when wrong)."""
 
     def __init__(self, app: ASGIApp, token: Callable[[], str], paths: Collection[str]) -> None:
         self.app, self.paths = app, frozenset(paths)
@@ -71,8 +71,10 @@ class BearerAuth:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in self.paths:
             return await self.app(scope, receive, send)
-        header = dict(scope["headers"]).get(b"authorization", b"")
-        scheme, _, presented = header.partition(b" ")
+        headers = [value for name, value in scope["headers"] if name == b"authorization"]
+        if len(headers) > 1:  # which one counts would depend on who reads it: a proxy and this server may differ
+            return await send_error(send, 400, "send one Authorization header, not several")
+        scheme, _, presented = (headers[0] if headers else b"").partition(b" ")
         if scheme.lower() != b"bearer" or not presented.strip():
             message = f"{scope['path']} needs the header 'Authorization: Bearer <admin token>'"
             return await send_error(send, 401, message, [(b"www-authenticate", b'Bearer realm="m2n2"')])
