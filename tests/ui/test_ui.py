@@ -93,10 +93,16 @@ def test_text_page_asks_for_the_token_then_shows_completions(text_server: Server
     shoot(page, screenshots, "samples", "samples-text")
 
 
-def test_a_promotion_and_a_rollback_show_without_a_reload(digits_server: Server, open_page, screenshots) -> None:
+def test_evolution_a_promotion_and_a_rollback_show_without_a_reload(
+    digits_server: Server, open_page, screenshots
+) -> None:
     page = open_page(digits_server)
     wait_until_drawn(page)
     page.evaluate("window.notReloaded = true")
+    with digits_server.client() as admin:
+        admin.post("/evolve", json={"steps": 20}).raise_for_status()
+    steps = status(digits_server)["steps"]
+    page.wait_for_selector(f"#heatmap[data-steps='{steps}']", timeout=LOADED)  # the niches were fetched again
     before = status(digits_server)
     old = before["champion"]["model"]
     new = next(m["model"] for m in reversed(before["archive"]) if not m["champion"] and m["kind"] == "child")

@@ -146,6 +146,7 @@ async function refresh() {
   if (nichesKey !== state.nichesKey) {
     state.niches = await call("/niches");
     renderNiches();
+    $("heatmap").dataset.steps = status.steps; // the evolution step the heatmap shows
     state.nichesKey = nichesKey;
   }
   const champion = status.champion;
