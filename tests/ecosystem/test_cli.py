@@ -156,7 +156,10 @@ def user_errors(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     pickled.write_bytes(pickle.dumps({"fc1.weight": [0.0]}))
     return {
         "register a pickle": (["register", str(pickled), "--name", "pickled"], "this is a pickle; only safetensors"),
-        "register a missing file": (["register", str(tmp_path / "nope.safetensors"), "--name", "x"], "no such file or directory"),
+        "register a missing file": (
+            ["register", str(tmp_path / "nope.safetensors"), "--name", "x"],
+            "no such file or directory",
+        ),
         "lineage of an unknown model": (["lineage", "no-such-model"], "no model named 'no-such-model'"),
         "promote an unknown id": (["promote", "999"], "no model with id 999"),
         "promote the champion": (["promote", "digits-0-4"], "already the champion"),
