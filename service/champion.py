@@ -15,7 +15,6 @@ model retired by the previous one is gone (a long generation may still hold it).
 import asyncio
 import gc
 import logging
-import math
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from ecosystem import metrics, store
 from ecosystem.families import Family
 from ecosystem.families.base import TextGeneration
 from ecosystem.runtime import Runtime
+from ecosystem.smoke import SmokeTestFailed, smoke_test
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,6 @@ class Served:
         return self.family.predict(self.module, self.config, inputs)
 
 
-class SmokeTestFailed(RuntimeError):
-    """A new champion gave no finite output for the family's smoke input; the old one keeps serving."""
-
-
 class ChampionWatcher:
     """Keeps ``current`` on the newest champion of the store, for one worker."""
 
@@ -83,8 +79,7 @@ class ChampionWatcher:
         # mmap: the weights are copy-on-write views of the file, so workers serving it share its pages.
         with self.runtime.source(model, mmap=True) as source:
             module = family.build(config, source, self.device)
-        if not _finite(family.predict(module, config, family.smoke_inputs(config))):
-            raise SmokeTestFailed(f"model {model.name!r} (version {version}) gave a non-finite smoke output")
+        smoke_test(family, config, module, model.name)
         adapter = _inputs_adapter(family)
         return Served(version, model.id, model.name, family, config, module, adapter)
 
@@ -149,19 +144,3 @@ def _inputs_adapter(family: Family) -> TypeAdapter:
     if family.name not in _ADAPTERS:
         _ADAPTERS[family.name] = TypeAdapter(list[getattr(family, "predict_input", Any)])
     return _ADAPTERS[family.name]
-
-
-def _finite(outputs: list[dict[str, Any]]) -> bool:
-    """Every number in the outputs is finite."""
-
-    def numbers(value: Any):
-        if isinstance(value, dict):
-            for v in value.values():
-                yield from numbers(v)
-        elif isinstance(value, list | tuple):
-            for v in value:
-                yield from numbers(v)
-        elif isinstance(value, int | float):
-            yield value
-
-    return bool(outputs) and all(math.isfinite(x) for x in numbers(outputs))
