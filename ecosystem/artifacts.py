@@ -119,13 +119,18 @@ class ArtifactStore:
         path = self.path_for(sha256)
         return path.is_file() and sha256_file(path)[0] == sha256
 
-    def remove(self, sha256: str) -> bool:
-        """Delete an artifact; False when there was none."""
+    def remove(self, sha256: str, durable: bool = True) -> bool:
+        """Delete an artifact; False when there was none.
+
+        ``durable=False`` skips the directory fsync: for clean-ups, where a deletion a crash undoes only
+        leaves a file for the next clean-up, and an fsync per file would cost more than the tick's merges.
+        """
         path = self.path_for(sha256)
         if not path.is_file():
             return False
         path.unlink()
-        fsync_path(path.parent)
+        if durable:
+            fsync_path(path.parent)
         return True
 
     def clean_tmp(self, older_than_seconds: float = 3600) -> int:

@@ -35,7 +35,7 @@ def collect_garbage(runtime: Runtime) -> list[str]:
         keep = store.retained_model_ids(session, runtime.settings.evolution.keep_champions)
         removed = []
         for sha256, model in store.models_by_sha(session, runtime.artifacts.list_hashes()).items():
-            if model.id not in keep and runtime.artifacts.remove(sha256):
+            if model.id not in keep and runtime.artifacts.remove(sha256, durable=False):
                 removed.append(model.name)
         session.commit()
     if removed:

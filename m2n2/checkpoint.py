@@ -5,6 +5,7 @@ Writes go to a temporary name, are fsynced, then renamed, so a reader never sees
 half-written file.
 """
 
+import contextlib
 import hashlib
 import json
 import mmap as _mmap
@@ -23,6 +24,7 @@ from m2n2.space import ParamSpace
 
 # The safetensors format caps its JSON header at 100 MB; most are a few KB.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+OVERLAP_BYTES = 1 << 20  # chunks from this size on are hashed and written while the next one is computed
 # Free-form metadata is stored and echoed back (model cards); real ones are a few hundred bytes.
 MAX_METADATA_BYTES = 64 * 1024
 
@@ -294,10 +296,11 @@ def write_safetensors(
 def write_chunks(path: Path, chunks: Iterable[bytes | memoryview], durable: bool = True) -> tuple[str, int]:
     """Write ``chunks`` into the file at ``path``, hashing them on the way: (sha256, bytes).
 
-    A second thread hashes and writes each chunk while the caller's generator makes the next one
-    (hashing, file writes and torch arithmetic all release the GIL), so a streamed merge costs about
-    its arithmetic, not arithmetic plus hashing plus writing. ``durable`` fsyncs the file; a caller
-    that may delete it unread (a rejected child) leaves that to whoever keeps it.
+    Large chunks are hashed and written by a second thread while the caller's generator makes the
+    next one (hashing, file writes and torch arithmetic all release the GIL), so a streamed merge
+    costs about its arithmetic, not arithmetic plus hashing plus writing; small ones are handled
+    inline, where a thread hand-off would cost more than it saves. ``durable`` fsyncs the file; a
+    caller that may delete it unread (a rejected child) leaves that to whoever keeps it.
     """
     digest, n_bytes = hashlib.sha256(), 0
 
@@ -305,12 +308,17 @@ def write_chunks(path: Path, chunks: Iterable[bytes | memoryview], durable: bool
         digest.update(chunk)
         f.write(chunk)
 
-    with path.open("wb") as f, ThreadPoolExecutor(max_workers=1) as writer:
-        previous = None
+    with path.open("wb") as f, contextlib.ExitStack() as stack:
+        writer, previous = None, None
         for chunk in chunks:
             if previous is not None:
                 previous.result()  # at most one chunk waits: memory stays at one extra tensor
-            previous = writer.submit(consume, chunk)
+                previous = None
+            if len(chunk) < OVERLAP_BYTES:
+                consume(chunk)
+            else:
+                writer = writer or stack.enter_context(ThreadPoolExecutor(max_workers=1))
+                previous = writer.submit(consume, chunk)
             n_bytes += len(chunk)
         if previous is not None:
             previous.result()
