@@ -1,9 +1,9 @@
 """The bearer-token middleware on its own: one Authorization header, the right token, or a clear refusal."""
 
-import anyio
 import httpx
 import pytest
 from starlette.responses import PlainTextResponse
+from starlette.testclient import TestClient
 
 from service.auth import BearerAuth
 
@@ -16,12 +16,8 @@ async def protected_app(scope, receive, send) -> None:
 
 def call(headers: list[tuple[str, str]]) -> httpx.Response:
     app = BearerAuth(protected_app, token=lambda: TOKEN, paths={"/promote"})
-
-    async def go() -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
-            return await client.post("/promote", headers=headers)
-
-    return anyio.run(go)
+    with TestClient(app) as client:  # its own event loop thread: safe beside tests that hold a loop
+        return client.post("/promote", headers=headers)
 
 
 @pytest.mark.parametrize(
