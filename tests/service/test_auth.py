@@ -16,8 +16,7 @@ async def protected_app(scope, receive, send) -> None:
 
 def call(headers: list[tuple[str, str]]) -> httpx.Response:
     app = BearerAuth(protected_app, token=lambda: TOKEN, paths={"/promote"})
-    with TestClient(app) as client:  # its own event loop thread: safe beside tests that hold a loop
-        return client.post("/promote", headers=headers)
+    return TestClient(app).post("/promote", headers=headers)  # its own loop thread: safe beside tests holding one
 
 
 @pytest.mark.parametrize(
