@@ -142,5 +142,5 @@ _ADAPTERS: dict[str, TypeAdapter] = {}
 def _inputs_adapter(family: Family) -> TypeAdapter:
     """A validator of one /predict call's inputs for ``family`` (built once per family: it compiles a schema)."""
     if family.name not in _ADAPTERS:
-        _ADAPTERS[family.name] = TypeAdapter(list[getattr(family, "predict_input", Any)])
+        _ADAPTERS[family.name] = TypeAdapter(list[family.predict_input])
     return _ADAPTERS[family.name]

@@ -14,7 +14,7 @@ def _per_family(kind: str) -> list[dict[str, Any]]:
     """The JSON schema of each registered family's /predict input or answer, titled by family (for the docs)."""
     schemas = []
     for name, family in sorted(FAMILIES.items()):
-        schema = TypeAdapter(getattr(family, kind, Any)).json_schema()
+        schema = TypeAdapter(getattr(family, kind)).json_schema()
         schemas.append({**schema, "title": f"{name}", "description": f"the {name} family"})
     return schemas
 
