@@ -194,11 +194,8 @@ def lineage(runtime: Runtime, args: argparse.Namespace) -> int:
 
 def promote(runtime: Runtime, args: argparse.Namespace) -> int:
     """Make a model the champion by hand (bypassing the gate; recorded)."""
-    with runtime.sessions() as session:
-        model = store.model_by_name_or_id(session, args.model)
-    report.require_weights(runtime, model)  # a champion must be servable
     reason = {"reason": args.reason} if args.reason else {}
-    event = promotion.promote(runtime, model.id, actor=ACTOR, **reason)
+    event = promotion.promote(runtime, args.model, actor=ACTOR, **reason)  # an evicted child is rebuilt first
     return _print_move(runtime, event, "promoted")
 
 

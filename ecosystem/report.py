@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from ecosystem import scoring, store, weights
 from ecosystem.db import begin_write
-from ecosystem.errors import Conflict, NotFound
+from ecosystem.errors import Conflict
 from ecosystem.orm import ChampionEvent, Model
 from ecosystem.runtime import Runtime
 from ecosystem.specialists import Registration
@@ -315,15 +315,6 @@ def format_registration(r: Registration) -> str:
     if r.entered:
         where = f"entered the archive in slot {r.slot}" + (f", displacing {r.displaced}" if r.displaced else "")
     return f"registered {r.name} (id {r.model_id}): {where}; fitness {scores}"
-
-
-def require_weights(runtime: Runtime, model: Model) -> None:
-    """``NotFound`` unless the model's weights file is stored (``weights.ensure`` recreates an evicted one)."""
-    if not runtime.artifacts.exists(model.sha256):
-        raise NotFound(
-            f"model {model.name!r} has no stored weights: a child that left the archive keeps only its lineage; "
-            "`m2n2 rebuild` recreates them"
-        )
 
 
 def export_model(runtime: Runtime, model_ref: str, directory: str | os.PathLike) -> list[store.Ancestor]:
