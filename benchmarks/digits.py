@@ -42,7 +42,7 @@ log = logging.getLogger("benchmarks.digits")
 
 BASELINES = ("cma-es", "map-elites", "slerp-brute-force")  # the figure's methods that are not the M2N2 loop
 # Settings of this library beyond the paper, reported apart from its rows.
-BEYOND_PAPER = ("m2n2-mutation-0.02", "m2n2-mutation-0.02-alpha-2")
+BEYOND_PAPER = ("m2n2-mutation-0.02",)
 PANELS = {
     # name: (default forward passes, the figure's methods, start from the two specialists?)
     "scratch": (50_000, ["m2n2", "m2n2-no-crossover", "ga", "ga-no-crossover", "cma-es", "map-elites"], False),
