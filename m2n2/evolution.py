@@ -44,7 +44,7 @@ class EvolutionConfig(BaseModel):
 
     @classmethod
     def variant(cls, name: str, **overrides: Any) -> "EvolutionConfig":
-        """A named method of the paper's comparisons, e.g. ``variant("ga", seed=3)``."""
+        """A named setting, e.g. ``variant("ga", seed=3)``: one of ``VARIANTS`` (the paper's) or ``MORE_VARIANTS``."""
         known = {**VARIANTS, **MORE_VARIANTS}
         if name not in known:
             raise M2N2Error(f"unknown variant {name!r}; available: {', '.join(known)}")
