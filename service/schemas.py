@@ -88,13 +88,18 @@ class RegistrationResult(BaseModel):
     reason: str
 
 
-class ArchiveMember(BaseModel):
+class Member(BaseModel):
+    """An archive member, as the status and the niches name it."""
+
     slot: int
     model: str
     model_id: int
     kind: str
     generation: int
     champion: bool
+
+
+class ArchiveMember(Member):
     fitness: PerTask
     gate: PerTask
 
@@ -169,15 +174,6 @@ class TickResult(BaseModel):
 # --- the web page's views (/niches, /ancestry, /samples): see ecosystem/views.py ---------------------------
 
 
-class NicheMember(BaseModel):
-    slot: int
-    model: str
-    model_id: int
-    kind: str
-    generation: int
-    champion: bool
-
-
 class Niche(BaseModel):
     """A cluster of one task's fitness points that the archive members score alike."""
 
@@ -198,7 +194,7 @@ class TaskCoverage(BaseModel):
 class Niches(BaseModel):
     """The archive × fitness-points score matrix, points grouped by task and niche."""
 
-    members: list[NicheMember] = Field(description="the archive's members, one matrix row each, by slot")
+    members: list[Member] = Field(description="the archive's members, one matrix row each, by slot")
     point_ids: list[int] = Field(description="the fitness points, one matrix column each, in display order")
     scores: list[list[float | None]] = Field(description="[member][point] stored score; null: never scored")
     best: list[int | None] = Field(
