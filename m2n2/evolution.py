@@ -24,6 +24,7 @@ from m2n2.genomes import Genomes
 log = logging.getLogger(__name__)
 
 Evaluate = Callable[[Any], torch.Tensor]
+EvaluateBatch = Callable[[Sequence[Any]], Sequence[torch.Tensor]]  # several genomes, scores in the same order
 
 
 class EvolutionConfig(BaseModel):
@@ -40,6 +41,9 @@ class EvolutionConfig(BaseModel):
     # Not in the paper: the mutation std is mutation_std * mutation_decay**k at generation k (k from 0),
     # so early generations explore and late ones refine; 1.0 keeps it constant, as in the paper.
     mutation_decay: float = Field(1.0, gt=0, le=1)
+    # Not in the paper: children proposed per step from the same archive and scored together (k), so k
+    # evaluators can work at once; their admissions follow in proposal order. 1 is the paper's serial loop.
+    batch: int = Field(1, ge=1)
     seed: int = 0
 
     @classmethod
@@ -71,8 +75,23 @@ MORE_VARIANTS: dict[str, dict[str, Any]] = {
 
 
 @dataclass(frozen=True)
+class Proposal:
+    """A child made from the archive before it is scored: its parents' slots and its crossover draws."""
+
+    parent_a: int
+    parent_b: int | None
+    mixing_ratio: float
+    split_point: int
+    child: Any
+
+
+@dataclass(frozen=True)
 class StepResult:
-    """What one generation did. ``slot`` is where the child went, None if it was dropped."""
+    """What one generation did. ``slot`` is where the child went, None if it was dropped.
+
+    ``proposal`` is the child's place in its batch: parents' slots refer to the archive as it was
+    before the batch's first admission.
+    """
 
     parent_a: int
     parent_b: int | None
@@ -82,15 +101,23 @@ class StepResult:
     scores: torch.Tensor  # (n_points,)
     slot: int | None
     evicted: bool  # True when the child displaced a member (not an empty slot)
+    proposal: int = 0
 
 
 class M2N2:
     """Model Merging of Natural Niches over an archive of ``config.archive_size`` slots."""
 
-    def __init__(self, evaluate: Evaluate, config: EvolutionConfig, genomes: Genomes) -> None:
+    def __init__(
+        self,
+        evaluate: Evaluate,
+        config: EvolutionConfig,
+        genomes: Genomes,
+        evaluate_batch: EvaluateBatch | None = None,
+    ) -> None:
         self.evaluate = evaluate
         self.config = config
         self.genomes = genomes
+        self.evaluate_batch = evaluate_batch  # scores a batch's children at once (e.g. on several workers)
 
     def _ensure_state(self, n_points: int) -> None:
         if not hasattr(self, "archive_"):
@@ -120,7 +147,19 @@ class M2N2:
 
     def score(self, genome: Any) -> torch.Tensor:
         """Evaluate one genome and check its scores are a vector in [0, 1]."""
-        scores = torch.as_tensor(self.evaluate(genome), dtype=torch.float32)
+        return self._checked(self.evaluate(genome))
+
+    def score_batch(self, genomes: Sequence[Any]) -> list[torch.Tensor]:
+        """Evaluate several genomes (with ``evaluate_batch`` when given), checked as ``score`` checks one."""
+        if self.evaluate_batch is None:
+            return [self.score(genome) for genome in genomes]
+        raw = list(self.evaluate_batch(genomes))
+        if len(raw) != len(genomes):
+            raise ShapeMismatch(f"batch evaluator returned {len(raw)} score vectors for {len(genomes)} genomes")
+        return [self._checked(scores) for scores in raw]
+
+    def _checked(self, raw: Any) -> torch.Tensor:
+        scores = torch.as_tensor(raw, dtype=torch.float32)
         if scores.ndim != 1:
             raise ShapeMismatch(f"evaluator must return shape (n_points,), got {list(scores.shape)}")
         low, high = torch.aminmax(scores)
@@ -149,8 +188,39 @@ class M2N2:
 
     def step(self) -> StepResult:
         """Run one M2N2 generation."""
+        return self.step_batch(1)[0]
+
+    def step_batch(self, k: int) -> list[StepResult]:
+        """Propose ``k`` children from the current archive, score them together, then offer each in order.
+
+        Every random draw happens while proposing, in a fixed order, so the outcome depends on the seed
+        and ``k`` only, not on which evaluation finishes first. ``k = 1`` is exactly one serial generation.
+        """
         if not hasattr(self, "archive_") or len(self.archive_) == 0:
             raise M2N2Error("the archive is empty: call seed_archive() first")
+        proposals: list[Proposal] = []
+        try:
+            for _ in range(k):
+                proposals.append(self._propose())
+            scores = self.score_batch([p.child for p in proposals])
+        except BaseException:
+            for p in proposals:  # no child of a failed batch stays on disk
+                self.genomes.release(p.child)
+            raise
+        results = []
+        for i, (p, child_scores) in enumerate(zip(proposals, scores, strict=True)):
+            slot, evicted = self.offer(p.child, child_scores)
+            if slot is None:
+                self.genomes.release(p.child)
+            results.append(
+                StepResult(
+                    p.parent_a, p.parent_b, p.mixing_ratio, p.split_point, p.child, child_scores, slot, evicted, i
+                )
+            )
+        return results
+
+    def _propose(self) -> Proposal:
+        """Pick parents, draw the mixing ratio and split point, and make the child (mutation draws too)."""
         cfg, gen, archive = self.config, self.generator_, self.archive_
         a, b = archive.select_parents(cfg.attraction, gen)
         if not cfg.crossover:
@@ -164,11 +234,7 @@ class M2N2:
             mutation_std *= cfg.mutation_decay**self.generation_
         self.generation_ += 1
         child = self.genomes.child(archive.genomes[a], parent_b, mixing_ratio, split, mutation_std, gen)
-        scores = self.score(child)
-        slot, evicted = self.offer(child, scores)
-        if slot is None:
-            self.genomes.release(child)
-        return StepResult(a, b, mixing_ratio, split, child, scores, slot, evicted)
+        return Proposal(a, b, mixing_ratio, split, child)
 
     def run(
         self,
@@ -177,17 +243,22 @@ class M2N2:
         callback: Callable[[StepResult], None] | None = None,
         progress: bool = False,
     ) -> "M2N2":
-        """Run generations until ``steps`` are done or ``seconds`` have passed, whichever comes first."""
+        """Run generations until ``steps`` are done or ``seconds`` have passed, whichever comes first.
+
+        Generations go ``config.batch`` at a time (the last batch is cut to ``steps``); the time budget
+        is checked between batches. ``callback`` sees every generation, in proposal order.
+        """
         if steps is None and seconds is None:
             raise M2N2Error("run() needs a budget: steps, seconds, or both")
         deadline = None if seconds is None else time.monotonic() + seconds
         done = 0
         with tqdm(total=steps, disable=not progress, desc="M2N2", unit="step") as bar:
             while (steps is None or done < steps) and (deadline is None or time.monotonic() < deadline):
-                result = self.step()
-                done += 1
-                bar.update()
-                if callback is not None:
-                    callback(result)
+                k = self.config.batch if steps is None else min(self.config.batch, steps - done)
+                for result in self.step_batch(k):
+                    done += 1
+                    bar.update()
+                    if callback is not None:
+                        callback(result)
         log.debug("ran %d generations; %d evaluations in total", done, self.n_evaluations_)
         return self
