@@ -21,8 +21,10 @@ from sqlalchemy.orm import Session
 
 from ecosystem import metrics, promotion, scoring, store, weights
 from ecosystem.db import begin_write
+from ecosystem.families import FlatScoring
 from ecosystem.genome_store import GenomeStore, genome_store
 from ecosystem.promotion import Outcome
+from ecosystem.ray_evaluator import RayEvaluator
 from ecosystem.runtime import Runtime
 from m2n2 import M2N2, Archive, EvolutionConfig, StepResult
 
@@ -62,6 +64,7 @@ class ArchiveState:
     archive: Archive
     evaluate: scoring.Evaluator
     genomes: GenomeStore
+    proposed_from: list[Member | None] = field(default_factory=list)  # members when the batch was proposed
 
     def key(self) -> tuple[tuple[int, ...], tuple[int | None, ...]]:
         return tuple(self.points.point_ids), tuple(
@@ -89,6 +92,8 @@ class Evolver:
         self.runtime = runtime
         self._state: ArchiveState | None = None
         self._gatekeeper = promotion.Gatekeeper(runtime)
+        # Children scored on a Ray cluster when an address is set (flat families score in microseconds: here).
+        self.ray_ = RayEvaluator(runtime.settings.evolution) if runtime.settings.evolution.ray_address else None
 
     # -- loading -------------------------------------------------------------------------
     def _load(self, session: Session) -> ArchiveState | None:
@@ -106,6 +111,8 @@ class Evolver:
         archive, models = scoring.stored_archive(session, self.runtime, points, genomes.load)
         members: list[Member | None] = [models[s].id if s in models else None for s in range(eco.archive_size)]
         evaluate = scoring.evaluator(self.runtime, family, config, points)
+        if self.ray_ is not None and not isinstance(family, FlatScoring):
+            evaluate = self.ray_.bind(family.name, evaluate)
         self._state = ArchiveState(points, members, archive, evaluate, genomes)
         return self._state
 
@@ -132,14 +139,18 @@ class Evolver:
             )
             session.commit()
         loaded = state.key()[1]
-        config = EvolutionConfig(archive_size=eco.archive_size, alpha=eco.alpha, seed=cfg.seed)
-        evolver = M2N2(self._timed(state.evaluate), config, state.genomes.genomes).resume(
+        config = EvolutionConfig(archive_size=eco.archive_size, alpha=eco.alpha, seed=cfg.seed, batch=cfg.batch)
+        # A Ray pool scores a batch's children at once (and times them itself); in-process, one by one.
+        batch = state.evaluate.evaluate if isinstance(state.evaluate, RayEvaluator) else None
+        evolver = M2N2(self._timed(state.evaluate), config, state.genomes.genomes, batch).resume(
             state.archive, generator_state
         )
         children: list[Child] = []
 
         def on_step(result: StepResult) -> None:
             report.steps += 1
+            if result.proposal == 0:  # a batch's parents are the members before its first admission
+                state.proposed_from = list(state.members)
             if result.slot is None:
                 report.rejected += 1
                 return
@@ -184,12 +195,13 @@ class Evolver:
     def _remember(self, result: StepResult, state: ArchiveState) -> Child:
         """Keep an admitted child in memory with its content hash; its file is written only if it survives the tick."""
         sha256, n_bytes = state.genomes.digest(result.child)
-        parent_b = None if result.parent_b is None else state.members[result.parent_b]
+        parents = state.proposed_from
+        parent_b = None if result.parent_b is None else parents[result.parent_b]
         return Child(
             result.child,
             sha256,
             n_bytes,
-            state.members[result.parent_a],
+            parents[result.parent_a],
             parent_b,
             result.mixing_ratio,
             result.split_point,

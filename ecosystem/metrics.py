@@ -49,6 +49,20 @@ MERGE_DURATION = Histogram("m2n2_merge_duration_seconds", "Time to build one chi
 EVALUATION_DURATION = Histogram(
     "m2n2_evaluation_duration_seconds", "Time to score one model on the fitness points.", buckets=DURATION_BUCKETS
 )
+RAY_IN_FLIGHT = Gauge(
+    "m2n2_ray_evaluations_in_flight", "Children being scored on Ray actors now.", multiprocess_mode="livesum"
+)
+RAY_EVALUATION_DURATION = Histogram(
+    "m2n2_ray_evaluation_duration_seconds",
+    "Time one Ray evaluator actor took to score a child, per actor index.",
+    ["actor"],
+    buckets=DURATION_BUCKETS,
+)
+RAY_ACTORS = Gauge("m2n2_ray_actors", "Ray evaluator actors up.", multiprocess_mode="livesum")
+RAY_ACTOR_RESTARTS = Counter("m2n2_ray_actor_restarts_total", "Ray evaluator actors replaced after dying.")
+RAY_FALLBACKS = Counter(
+    "m2n2_ray_fallbacks_total", "Times the Ray cluster was unreachable and children were scored in-process."
+)
 FEEDBACK_POINTS = Counter(
     "m2n2_feedback_points_total", "Feedback data points accepted, per task and pool.", ["task", "pool"]
 )
@@ -66,6 +80,9 @@ PREDICT_BATCH_SIZE = Histogram(
 )
 LAST_HOT_SWAP_SECONDS = Gauge(
     "m2n2_last_hot_swap_seconds", "How long each worker's last hot swap took.", ["worker"], multiprocess_mode="liveall"
+)
+CLIENT_DISCONNECTS = Counter(
+    "m2n2_client_disconnects_total", "Requests whose client disconnected before sending the whole body.", ["route"]
 )
 HOT_SWAP_DURATION = Histogram(
     "m2n2_hot_swap_duration_seconds", "Time to load, smoke-test and swap in a new champion.", buckets=DURATION_BUCKETS

@@ -67,14 +67,25 @@ class Evaluator(Protocol):
         ...
 
 
-class InProcessEvaluator:
-    """Scores genomes in this process: flat vectors through the family's fast path, files by building a module."""
+TaskData = list[tuple[str, list[Any], list[Any]]]  # (scoring rule, inputs, targets) of each task with points
 
-    def __init__(self, family: Family, config: dict[str, Any], points: PointSet, device: str = "cpu") -> None:
+
+def task_data(points: PointSet) -> TaskData:
+    """What scoring ``points`` needs, free of database rows: it travels to remote evaluators as is."""
+    return [(task.scoring, [p.inputs for p in pts], [p.target for p in pts]) for task, pts in points.parts if pts]
+
+
+class InProcessEvaluator:
+    """Scores genomes in this process: flat vectors through the family's fast path, files by building a module.
+
+    ``points`` is a ``PointSet`` or its ``task_data`` (how a remote evaluator receives it).
+    """
+
+    def __init__(
+        self, family: Family, config: dict[str, Any], points: PointSet | TaskData, device: str = "cpu"
+    ) -> None:
         self.family, self.config, self.points, self.device = family, config, points, device
-        self._tasks = [
-            (task.scoring, [p.inputs for p in pts], [p.target for p in pts]) for task, pts in points.parts if pts
-        ]
+        self._tasks = task_data(points) if isinstance(points, PointSet) else points
         self._flat = (
             [family.flat_scorer(config, inputs, targets, rule) for rule, inputs, targets in self._tasks]
             if isinstance(family, FlatScoring)

@@ -11,6 +11,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+RAY_ADDRESS = re.compile(r"(ray://)?[\w.\-\[\]:]+:\d+")
 
 
 def _check_device(device: str) -> str:
@@ -59,6 +60,23 @@ class EvolutionSettings(BaseModel):
     # Weights kept besides archive members, registered models and pinned ones: the newest champions
     # (rollback targets). Other children's files are deleted; `m2n2 rebuild` replays their recipe.
     keep_champions: int = Field(5, ge=1)
+    # Children proposed per step from the same archive and scored together; the run is reproducible for a
+    # seed and this k, whatever the evaluators. 1 is the paper's serial loop.
+    batch: int = Field(1, ge=1)
+    # Score children on a Ray cluster: "auto" (the cluster this node belongs to), "ray://host:10001" (Ray
+    # Client) or "host:6379"; None scores them in this process. The cluster's nodes must mount the data
+    # directory at the same path (children travel as file paths, not tensors).
+    ray_address: str | None = None
+    ray_actors: int = Field(2, ge=1)  # evaluator actors; each takes torch_threads CPUs, or one GPU on cuda
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address(cls, address: str | None) -> str | None:
+        if address is None or not address.strip():
+            return None
+        if address != "auto" and not RAY_ADDRESS.fullmatch(address):
+            raise ValueError(f"ray_address must be auto, ray://host:port or host:port, got {address!r}")
+        return address
 
     @model_validator(mode="after")
     def _bounded(self) -> Self:
