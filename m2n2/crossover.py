@@ -8,20 +8,29 @@ t = 1 - w_m from it on, and lies on the SLERP arc between its parents:
 with one global angle Omega between the *whole* parameter vectors, as the
 reference code computes it. When sin(Omega) is tiny the arc is a line, so we
 fall back to linear interpolation.
+
+A ``ChromosomeSpace`` (the paper's diffusion setting: attention parameters apart from the rest)
+crosses each chromosome over on its own: its own split point, mixing ratio and angle. The loop's one
+(split point, mixing ratio) pair encodes them all (``chromosome_genes``), so a lineage row still holds
+the whole recipe.
 """
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
 from m2n2.checkpoint import TensorSource
-from m2n2.space import ParamSpace
+from m2n2.errors import IncompatibleModels
+from m2n2.space import ChromosomeSpace, ParamSpace
 
 # Below this sin(Omega) the parents are (anti)parallel and SLERP's weights blow up;
 # the reference code switches to linear interpolation at the same threshold.
 SIN_EPS = 1e-6
 DOT_CHUNK = 1 << 16  # elements per float32 dot of the angle pass (summed in float64)
+# Each chromosome but the last takes this many levels of the mixing ratio draw (a float32 has 24 bits).
+RATIO_LEVELS = 1 << 12
+MAX_SPLIT_RANGE = 1 << 63  # split points are stored as signed 64-bit integers
 
 
 def slerp_weights(cos_omega: float, t: float) -> tuple[float, float]:
@@ -82,12 +91,90 @@ def split_slerp_tensors(
     for spec in space:
         ta, tb = _pair(a, b, spec.name)
         cut = min(max(split_point - spec.offset, 0), spec.numel)  # local split inside this tensor
-        child = torch.empty_like(ta)
-        for lo, hi, (wa, wb) in ((0, cut, before), (cut, spec.numel, after)):
-            if hi > lo:
-                torch.mul(ta[lo:hi], wa, out=child[lo:hi]).add_(tb[lo:hi], alpha=wb)
+        yield spec.name, _cross(ta, tb, cut, before, after).view(spec.shape).to(spec.dtype)
+
+
+def _cross(
+    ta: torch.Tensor, tb: torch.Tensor, cut: int, before: tuple[float, float], after: tuple[float, float]
+) -> torch.Tensor:
+    """One flat tensor of the child: weights ``before`` on elements [0, cut), ``after`` from ``cut`` on."""
+    child = torch.empty_like(ta)
+    for lo, hi, (wa, wb) in ((0, cut, before), (cut, ta.numel(), after)):
+        if hi > lo:
+            torch.mul(ta[lo:hi], wa, out=child[lo:hi]).add_(tb[lo:hi], alpha=wb)
+    return child
+
+
+def split_range(space: ParamSpace) -> int:
+    """How many split points the loop draws from: the product of the chromosomes' sizes (one: ``dim``)."""
+    if not isinstance(space, ChromosomeSpace):
+        return space.dim
+    total = math.prod(space.sizes)
+    if total >= MAX_SPLIT_RANGE:
+        raise IncompatibleModels(f"chromosomes of sizes {list(space.sizes)} need split points past 2**63")
+    return total
+
+
+def chromosome_genes(split_point: int, mixing_ratio: float, sizes: Sequence[int]) -> list[tuple[int, float]]:
+    """Each chromosome's (split point, mixing ratio), decoded from the loop's one pair.
+
+    The split point is a mixed-radix number over the chromosomes' sizes (at or past their product: no
+    split in any); the mixing ratio's first 12 bits give the first chromosome's ratio, the next 12 the
+    second's, and so on (the last takes what remains). Each decoded value is uniform when the pair is.
+    """
+    total = math.prod(sizes)
+    if split_point >= total:
+        splits = list(sizes)
+    else:
+        splits, rest = [], split_point
+        for size in reversed(sizes):
+            splits.append(rest % size)
+            rest //= size
+        splits.reverse()
+    ratios, rest_ratio = [], mixing_ratio
+    for k in range(len(sizes)):
+        if k == len(sizes) - 1:
+            ratios.append(rest_ratio)
+        else:
+            scaled = rest_ratio * RATIO_LEVELS
+            ratios.append(math.floor(scaled) / RATIO_LEVELS)
+            rest_ratio = scaled - math.floor(scaled)
+    return list(zip(splits, ratios, strict=True))
+
+
+def chromosome_cosines(a: TensorSource, b: TensorSource, space: ChromosomeSpace) -> tuple[float, ...]:
+    """cos(Omega) of each chromosome between two models: one pass over both, a tensor of each at a time."""
+    sums = [[0.0, 0.0, 0.0] for _ in space.sizes]  # dot, |a|^2, |b|^2 per chromosome
+    for spec in space:
+        ta, tb = _pair(a, b, spec.name)
+        acc = sums[space.place[spec.name][0]]
+        for ca, cb in zip(ta.split(DOT_CHUNK), tb.split(DOT_CHUNK), strict=True):
+            acc[0] += torch.dot(ca, cb).item()
+            acc[1] += torch.dot(ca, ca).item()
+            acc[2] += torch.dot(cb, cb).item()
         del ta, tb
-        yield spec.name, child.view(spec.shape).to(spec.dtype)
+    return tuple(_cosine(*acc) for acc in sums)
+
+
+def chromosome_slerp_tensors(
+    a: TensorSource,
+    b: TensorSource,
+    space: ChromosomeSpace,
+    mixing_ratio: float,
+    split_point: int,
+    cosines: Sequence[float] | None = None,
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """``split_slerp_tensors`` for a chromosome space: each chromosome crossed over with its own genes and angle."""
+    cos = chromosome_cosines(a, b, space) if cosines is None else tuple(cosines)
+    genes = chromosome_genes(split_point, mixing_ratio, space.sizes)
+    weights = [
+        (slerp_weights(c, ratio), slerp_weights(c, 1.0 - ratio)) for c, (_, ratio) in zip(cos, genes, strict=True)
+    ]
+    for spec in space:
+        k, offset = space.place[spec.name]
+        ta, tb = _pair(a, b, spec.name)
+        cut = min(max(genes[k][0] - offset, 0), spec.numel)
+        yield spec.name, _cross(ta, tb, cut, *weights[k]).view(spec.shape).to(spec.dtype)
 
 
 def _pair(a: TensorSource, b: TensorSource, name: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,8 +14,16 @@ from typing import Any, Protocol
 import torch
 
 from m2n2.checkpoint import SafetensorsSource, StateDictSource, TensorSource, iter_tensors, write_safetensors
-from m2n2.crossover import global_cosine, mutate_tensors, split_slerp, split_slerp_tensors
-from m2n2.space import ParamSpace
+from m2n2.crossover import (
+    chromosome_cosines,
+    chromosome_slerp_tensors,
+    global_cosine,
+    mutate_tensors,
+    split_range,
+    split_slerp,
+    split_slerp_tensors,
+)
+from m2n2.space import ChromosomeSpace, ParamSpace
 
 
 class Genomes(Protocol):
@@ -57,11 +65,13 @@ class LazyGenomes:
 
     Without ``out_dir`` children are kept in memory as state dicts. Files this class
     wrote are deleted when the loop releases the child; files it was given never are.
+    A ``ChromosomeSpace`` crosses each chromosome over on its own (``dim`` is then the range
+    the loop draws split points from, which encodes one split point per chromosome).
     """
 
     def __init__(self, space: ParamSpace, out_dir: str | os.PathLike | None = None) -> None:
         self.space = space
-        self.dim = space.dim
+        self.dim = split_range(space)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -70,9 +80,7 @@ class LazyGenomes:
         # cos(Omega) of every pair merged so far, while both genomes live: archive members are paired again
         # and again, and a known angle saves a whole read of both parents. Same inputs, same float: a merge
         # with a remembered angle is bit-identical to one that measures it.
-        self._angles: weakref.WeakKeyDictionary[Any, weakref.WeakKeyDictionary[Any, float]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._angles: weakref.WeakKeyDictionary[Any, weakref.WeakKeyDictionary[Any, Any]] = weakref.WeakKeyDictionary()
 
     def child(self, parent_a, parent_b, mixing_ratio, split_point, mutation_std, generator) -> TensorSource:
         for parent in (parent_a, parent_b):
@@ -80,6 +88,9 @@ class LazyGenomes:
                 self.space.check_compatible(parent.space, "parent")
         if parent_b is None:
             tensors = iter_tensors(parent_a, self.space)
+        elif isinstance(self.space, ChromosomeSpace):
+            cos = self._angle(parent_a, parent_b)
+            tensors = chromosome_slerp_tensors(parent_a, parent_b, self.space, mixing_ratio, split_point, cos)
         else:
             cos = self._angle(parent_a, parent_b)
             tensors = split_slerp_tensors(parent_a, parent_b, self.space, mixing_ratio, split_point, cos)
@@ -87,11 +98,14 @@ class LazyGenomes:
             tensors = mutate_tensors(tensors, mutation_std, generator)
         return self._store(tensors)
 
-    def _angle(self, a: TensorSource, b: TensorSource) -> float:
-        """The pair's cos(Omega), measured on first use (either order)."""
+    def _angle(self, a: TensorSource, b: TensorSource) -> Any:
+        """The pair's cos(Omega) (a tuple of them, one per chromosome), measured on first use (either order)."""
         known = self._angles.get(a, {}).get(b)
         if known is None:
-            known = global_cosine(a, b, self.space)
+            if isinstance(self.space, ChromosomeSpace):
+                known = chromosome_cosines(a, b, self.space)
+            else:
+                known = global_cosine(a, b, self.space)
             self._angles.setdefault(a, weakref.WeakKeyDictionary())[b] = known
             self._angles.setdefault(b, weakref.WeakKeyDictionary())[a] = known
         return known

@@ -111,3 +111,26 @@ class ParamSpace:
         if flat.shape != (self.dim,):
             raise ShapeMismatch(f"flat vector has shape {list(flat.shape)}, expected [{self.dim}]")
         return {s.name: flat[s.offset : s.end].view(s.shape).to(s.dtype) for s in self.specs}
+
+
+class ChromosomeSpace(ParamSpace):
+    """A space divided into chromosomes, each crossed over with its own split point and mixing ratio.
+
+    The paper evolves a diffusion UNet's attention parameters as a chromosome of their own. ``groups``
+    gives each tensor's chromosome (0, 1, ...); a tensor's place in its chromosome counts only the
+    elements of earlier tensors of the same chromosome, in this space's order.
+    """
+
+    def __init__(self, tensors: Sequence[tuple[str, Sequence[int], torch.dtype]], groups: Sequence[int]) -> None:
+        super().__init__(tensors)
+        if len(groups) != len(self.specs):
+            raise IncompatibleModels(f"{len(groups)} chromosome groups for {len(self.specs)} tensors")
+        n = max(groups, default=-1) + 1
+        sizes = [0] * n
+        self.place: dict[str, tuple[int, int]] = {}  # tensor name -> (chromosome, offset inside it)
+        for spec, group in zip(self.specs, groups, strict=True):
+            self.place[spec.name] = (group, sizes[group])
+            sizes[group] += spec.numel
+        if 0 in sizes:
+            raise IncompatibleModels(f"chromosome {sizes.index(0)} holds no parameters")
+        self.sizes: tuple[int, ...] = tuple(sizes)

@@ -38,4 +38,4 @@ def get_family(name: str) -> Family:
 
 # Every built-in family, imported explicitly so none exists only by import side effect.
 # These imports sit below the decorator because each family module uses it.
-from ecosystem.families import causal_lm, classifier  # noqa: E402, F401
+from ecosystem.families import causal_lm, classifier, diffusion  # noqa: E402, F401
