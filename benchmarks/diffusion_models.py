@@ -28,12 +28,12 @@ class BuildConfig:
     """Every budget and seed of a build (steps, not seconds: the same build on a loaded machine)."""
 
     seed: int = 0
-    vae_steps: int = 80
-    base_steps: int = 200
-    specialist_steps: int = 300
-    base_lr: float = 1e-3
+    vae_steps: int = 40
+    base_steps: int = 150
+    specialist_steps: int = 250
+    base_lr: float = 2e-3
     specialist_lr: float = 1e-3
-    batch: int = 128
+    batch: int = 64
     classifier_steps: int = 1500
     version: int = 1  # bump when the training code changes what a build means
 

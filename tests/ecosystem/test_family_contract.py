@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusion_models import clip_model, digits_classifier, tiny_pipeline, tiny_unet
 from hf_models import tiny_llama
 from safetensors.torch import save_file
 
@@ -82,7 +83,33 @@ def causal_lm_case(root: Path) -> Case:
     )
 
 
-CASES: dict[str, Callable[[Path], Case]] = {"classifier": classifier_case, "causal-lm": causal_lm_case}
+def diffusion_case(root: Path) -> Case:
+    base = tiny_pipeline(root / "base")
+    options = {"base": str(base), "steps": 2, "batch_size": 2}
+    options |= {"digits_dir": str(digits_classifier(root / "digits")), "clip_dir": str(clip_model(root / "clip"))}
+
+    def checkpoint(directory: Path, seed: int) -> Path:
+        return tiny_unet(directory, seed=seed)
+
+    def no_config(directory: Path) -> Path:
+        tiny_unet(directory)
+        (directory / "config.json").unlink()
+        return directory
+
+    return Case(
+        options,
+        checkpoint,
+        ["a handwritten seven", "手書き の 三", "the digit one"],
+        ["7", "3", "1"],
+        {"block_out_channels": lambda d: tiny_unet(d, channels=(8, 32)), "config.json": no_config},
+    )
+
+
+CASES: dict[str, Callable[[Path], Case]] = {
+    "classifier": classifier_case,
+    "causal-lm": causal_lm_case,
+    "diffusion": diffusion_case,
+}
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
