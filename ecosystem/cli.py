@@ -21,7 +21,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ecosystem import backup as ecosystem_backup
 from ecosystem import demo as digits_demo
-from ecosystem import feedback, promotion, report, schedule, setup, store, tasks, weights
+from ecosystem import feedback, promotion, report, schedule, setup, store, tasks, text_demo, weights
 from ecosystem.db import begin_write
 from ecosystem.errors import Conflict, EcosystemError, NotFound
 from ecosystem.evolver import Evolver
@@ -68,13 +68,20 @@ def init(runtime: Runtime, args: argparse.Namespace) -> int:
         print(f"created a {ecosystem.family} ecosystem in {runtime.settings.data_dir} ({n_tensors} tensors to merge)")
         print("next: `m2n2 register PATH --name NAME` for each specialist, `m2n2 task create`, then feedback")
         return 0
-    registrations = digits_demo.init_digits(runtime)
+    if args.demo == "text":
+        print(f"building the {args.size} text models (cached after the first build)", file=sys.stderr)
+        registrations = text_demo.init_text(runtime, config=text_demo.SIZES[args.size])
+        names = text_demo.TASKS
+    else:
+        registrations, names = digits_demo.init_digits(runtime), (digits_demo.TASK,)
     with runtime.sessions() as session:
-        counts = store.count_points(session, store.get_task(session, digits_demo.TASK))
+        counts = {name: store.count_points(session, store.get_task(session, name)) for name in names}
+        scorings = {name: store.get_task(session, name).scoring for name in names}
         current = store.champion(session)
         champion = store.get_model(session, current.model_id).name if current else "none"
-    print(f"created the digits ecosystem in {runtime.settings.data_dir}")
-    print(f"task {digits_demo.TASK}: {counts['fitness']} fitness points, {counts['gate']} gate points (accuracy)")
+    print(f"created the {args.demo or 'digits'} ecosystem in {runtime.settings.data_dir}")
+    for name, c in counts.items():
+        print(f"task {name}: {c['fitness']} fitness points, {c['gate']} gate points ({scorings[name]})")
     for r in registrations:
         print(report.format_registration(r))
     print(f"champion: {champion}")
@@ -357,7 +364,17 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add(commands, "init", init, "create an ecosystem in the data directory")
     kind = p.add_mutually_exclusive_group()
-    kind.add_argument("--demo", choices=["digits"], help="build the digits demo: 2 specialists, train/test feedback")
+    kind.add_argument(
+        "--demo",
+        choices=["digits", "text"],
+        help="a demo: digits (2 classifier specialists) or text (math and shop language-model specialists)",
+    )
+    p.add_argument(
+        "--size",
+        choices=sorted(text_demo.SIZES),
+        default="full",
+        help="--demo text: the model build (full: minutes on 2 cores, then cached; tiny: seconds, untrained)",
+    )
     kind.add_argument("--family", choices=sorted(FAMILIES), help="an empty ecosystem of this model family")
     arch = p.add_mutually_exclusive_group()
     arch.add_argument("--base", metavar="DIR", help="causal-lm: the base model's directory (or hub id org/model)")
