@@ -32,7 +32,7 @@ from ecosystem.imports import importable
 from ecosystem.runtime import open_runtime
 from ecosystem.settings import Settings
 from ecosystem.specialists import register as register_specialist
-from service import completions, ui
+from service import completions, images, ui
 from service.auth import BearerAuth, admin_token
 from service.batching import GreedyBatcher
 from service.champion import ChampionWatcher, Served
@@ -65,6 +65,9 @@ CONFIG = SETTINGS.service
 ACTOR = "http"  # who the champion history says moved the pointer
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 Inputs = predict_inputs(CONFIG.max_batch_size)
+
+
+completions.app.include_router(images.router)  # /v1/images/generations, for families that draw images
 
 
 @bentoml.asgi_app(completions.app, path="/v1")

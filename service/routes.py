@@ -7,7 +7,8 @@ OpenAPI middleware read the same table the routes are declared from.
 from ecosystem.settings import Settings
 
 READS = {"/predict", "/status", "/lineage", "/export", "/niches", "/ancestry", "/samples"}
-OPENAI = {"/v1/completions", "/v1/chat/completions", "/v1/models"}  # reads too (documented by FastAPI)
+# Reads too (documented by FastAPI).
+OPENAI = {"/v1/completions", "/v1/chat/completions", "/v1/images/generations", "/v1/models"}
 WRITES = {"/register", "/register_path", "/tasks", "/feedback", "/promote", "/rollback", "/evolve"}
 ROUTES = READS | WRITES  # the BentoML routes: their request bodies are parsed by BentoML
 
