@@ -15,11 +15,13 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing
 import random
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -52,7 +54,7 @@ class TextBuildConfig(BaseModel):
     context: int = Field(128, ge=64)
     pretrain_docs: int = Field(20_000, ge=1)
     answered_share: float = Field(0.1, ge=0, le=1)  # answered examples of both skills in the pre-training mix
-    pretrain_steps: int = Field(1200, ge=0)
+    pretrain_steps: int = Field(600, ge=0)
     pretrain_lr: float = Field(3e-3, gt=0)
     batch_size: int = Field(16, ge=1)
     finetune_examples: int = Field(4000, ge=1)
@@ -95,15 +97,16 @@ TINY = TextBuildConfig(
 FULL = TextBuildConfig()
 
 
-def build(config: TextBuildConfig, cache: Path) -> dict[str, Path]:
+def build(config: TextBuildConfig, cache: Path, processes: int = 2) -> dict[str, Path]:
     """The ``base``, ``math`` and ``shop`` model directories for ``config``, built unless cached.
 
     The base is cached under its pre-training settings alone, so specialists of other fine-tune
-    settings start from the same base without pre-training again.
+    settings start from the same base without pre-training again. With ``processes`` > 1 the two
+    fine-tunes run side by side, one torch thread each (starting a process costs seconds).
     """
     cache = Path(cache)
     base = _cached(cache / f"text-base-{config.pretraining_digest()}", lambda d: _pretrain(config, d))
-    tuned = _cached(cache / f"text-tuned-{config.digest()}", lambda d: _finetune(config, base / "model", d))
+    tuned = _cached(cache / f"text-tuned-{config.digest()}", lambda d: _finetune(config, base / "model", d, processes))
     return {"base": base / "model", **{skill: tuned / skill for skill in text_data.SKILLS}}
 
 
@@ -146,21 +149,31 @@ def _pretrain(config: TextBuildConfig, root: Path) -> dict[str, float]:
     return {"base": time.perf_counter() - start, "base_cpu": time.process_time() - cpu}
 
 
-def _finetune(config: TextBuildConfig, base: Path, root: Path) -> dict[str, float]:
-    seconds = {}
+def _finetune(config: TextBuildConfig, base: Path, root: Path, processes: int) -> dict[str, float]:
+    """Both specialists, in ``processes`` worker processes (in this one when 1)."""
+    skills = text_data.SKILLS
+    args = ([config] * len(skills), [base] * len(skills), [root] * len(skills), skills)
+    if processes <= 1:
+        parts = list(map(_finetune_one, *args))
+    else:
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(processes, mp_context=spawn, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            parts = list(pool.map(_finetune_one, *args))
+    return {k: v for part in parts for k, v in part.items()}
+
+
+def _finetune_one(config: TextBuildConfig, base: Path, root: Path, skill: str) -> dict[str, float]:
+    start, cpu = time.perf_counter(), time.process_time()
+    torch.manual_seed(config.seed)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(base)
-    for skill in text_data.SKILLS:
-        start, cpu = time.perf_counter(), time.process_time()
-        torch.manual_seed(config.seed)
-        tuned = AutoModelForCausalLM.from_pretrained(base)
-        layers = None if config.finetune_layers is None else config.finetune_layers.get(skill)
-        _freeze_except(tuned, layers)
-        examples = text_data.training_examples(skill, config.finetune_examples, config.seed)
-        rows = [_answer_row(tokenizer, ex.prompt, ex.answer, config.context) for ex in examples]
-        _train(tuned, rows, config.finetune_steps, config.finetune_lr, config.batch_size, config.seed + 1, tokenizer)
-        _save(tuned.requires_grad_(True), tokenizer, root / skill)
-        seconds[skill], seconds[f"{skill}_cpu"] = time.perf_counter() - start, time.process_time() - cpu
-    return seconds
+    tuned = AutoModelForCausalLM.from_pretrained(base)
+    layers = None if config.finetune_layers is None else config.finetune_layers.get(skill)
+    _freeze_except(tuned, layers)
+    examples = text_data.training_examples(skill, config.finetune_examples, config.seed)
+    rows = [_answer_row(tokenizer, ex.prompt, ex.answer, config.context) for ex in examples]
+    _train(tuned, rows, config.finetune_steps, config.finetune_lr, config.batch_size, config.seed + 1, tokenizer)
+    _save(tuned.requires_grad_(True), tokenizer, root / skill)
+    return {skill: time.perf_counter() - start, f"{skill}_cpu": time.process_time() - cpu}
 
 
 def train_tokenizer(vocab_size: int, corpus: Sequence[str]) -> PreTrainedTokenizerFast:

@@ -13,11 +13,19 @@ from ecosystem.runtime import open_runtime
 from ecosystem.settings import Settings
 
 
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A per-user cache directory holding the tiny build (built once for the module)."""
+    home = tmp_path_factory.mktemp("cache")
+    text_build.build(text_build.TINY, home / "m2n2" / "text", processes=1)
+    return home
+
+
 @pytest.fixture
-def cache_home(tmp_path: Path, settings_env: pytest.MonkeyPatch) -> Path:
-    """The per-user cache (where the demo keeps its built models) inside the test's directory."""
-    settings_env.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+def cache_home(built: Path, settings_env: pytest.MonkeyPatch) -> Path:
+    """The per-user cache (where the demo keeps its built models): the module's, holding the tiny build."""
+    settings_env.setenv("XDG_CACHE_HOME", str(built))
+    return built
 
 
 def test_init_demo_text_creates_tasks_points_members_and_evolves(tmp_path: Path, cache_home: Path, capsys) -> None:
@@ -70,11 +78,11 @@ def test_init_text_points_are_the_feedback_and_held_out_problems(tmp_path: Path,
         runtime.close()
 
 
-def test_tiny_build_is_cached_and_loads_with_transformers(tmp_path: Path) -> None:
-    paths = text_build.build(text_build.TINY, tmp_path)
+def test_tiny_build_is_cached_and_loads_with_transformers(cache_home: Path) -> None:
+    paths = text_build.build(text_build.TINY, text_demo.default_cache())
     marker = paths["math"].parent / text_build.MARKER
     stamp = marker.stat().st_mtime_ns
-    assert text_build.build(text_build.TINY, tmp_path) == paths
+    assert text_build.build(text_build.TINY, text_demo.default_cache()) == paths
     assert marker.stat().st_mtime_ns == stamp, "a complete build is reused, not rebuilt"
     seconds = text_build.build_seconds(paths)
     assert {"base", "math", "shop", "base_cpu"} <= set(seconds)
@@ -83,4 +91,12 @@ def test_tiny_build_is_cached_and_loads_with_transformers(tmp_path: Path) -> Non
         model = AutoModelForCausalLM.from_pretrained(paths[name])
         assert model.config.architectures == ["LlamaForCausalLM"]
         assert model.config.vocab_size == len(tokenizer)
-    json.loads(marker.read_text())
+    assert json.loads(marker.read_text())["seconds"]["math"] > 0
+
+
+def test_a_changed_fine_tune_setting_reuses_the_base(tmp_path: Path) -> None:
+    config = text_build.TINY.model_copy(update={"pretrain_steps": 2, "finetune_steps": 2})
+    first = text_build.build(config, tmp_path, processes=1)
+    other = text_build.build(config.model_copy(update={"finetune_lr": 1e-3}), tmp_path, processes=1)
+    assert other["base"] == first["base"] and other["math"] != first["math"]
+    assert config.model_copy(update={"pretrain_lr": 1e-3}).pretraining_digest() != config.pretraining_digest()
