@@ -52,6 +52,7 @@ class Size:
 
 TEST = Size(text_hidden=32, text_layers=1, unet_channels=(8, 16), vae_channels=(8, 16), groups=4)
 BENCH = Size(text_hidden=64, text_layers=2, unet_channels=(16, 32), vae_channels=(16, 32), groups=16)
+SIZES = {"test": TEST, "bench": BENCH}
 
 
 def prompts(language: str, split: str, digit: int) -> list[str]:

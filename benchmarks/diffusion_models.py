@@ -28,6 +28,7 @@ class BuildConfig:
     """Every budget and seed of a build (steps, not seconds: the same build on a loaded machine)."""
 
     seed: int = 0
+    size: str = "bench"  # a key of diffusion_build.SIZES
     vae_steps: int = 40
     base_steps: int = 150
     specialist_steps: int = 250
@@ -50,8 +51,9 @@ def build(cache: Path, config: BuildConfig) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    pipeline = build_parts.random_pipeline(build_parts.BENCH, config.seed)
-    images, labels = train.digit_images(build_parts.BENCH.image_size)
+    size = build_parts.SIZES[config.size]
+    pipeline = build_parts.random_pipeline(size, config.seed)
+    images, labels = train.digit_images(size.image_size)
     train.train_vae(pipeline.vae, images, config.vae_steps, config.seed)
     seconds["vae"] = time.perf_counter() - start
     latents = train.encode_latents(pipeline.vae, images)

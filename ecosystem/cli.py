@@ -21,7 +21,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ecosystem import backup as ecosystem_backup
 from ecosystem import demo as digits_demo
-from ecosystem import feedback, promotion, report, schedule, setup, store, tasks, text_demo, weights
+from ecosystem import feedback, image_demo, promotion, report, schedule, setup, store, tasks, text_demo, weights
 from ecosystem.db import begin_write
 from ecosystem.errors import Conflict, EcosystemError, NotFound
 from ecosystem.evolver import Evolver
@@ -72,6 +72,10 @@ def init(runtime: Runtime, args: argparse.Namespace) -> int:
         print(f"building the {args.size} text models (cached after the first build)", file=sys.stderr)
         registrations = text_demo.init_text(runtime, config=text_demo.SIZES[args.size])
         names = text_demo.TASKS
+    elif args.demo == "images":
+        print(f"building the image models (cached in {image_demo.default_cache()})", file=sys.stderr)
+        registrations = image_demo.init_images(runtime, config=image_demo.SIZES[args.size])
+        names = tuple(image_demo.TASKS.values())
     else:
         registrations, names = digits_demo.init_digits(runtime), (digits_demo.TASK,)
     with runtime.sessions() as session:
@@ -366,14 +370,15 @@ def _parser() -> argparse.ArgumentParser:
     kind = p.add_mutually_exclusive_group()
     kind.add_argument(
         "--demo",
-        choices=["digits", "text"],
-        help="a demo: digits (2 classifier specialists) or text (math and shop language-model specialists)",
+        choices=["digits", "text", "images"],
+        help="a demo: digits (2 classifier specialists), text (math and shop language-model specialists) "
+        "or images (text-to-image specialists for English and Japanese prompts)",
     )
     p.add_argument(
         "--size",
         choices=sorted(text_demo.SIZES),
         default="full",
-        help="--demo text: the model build (full: minutes on 2 cores, then cached; tiny: seconds, untrained)",
+        help="--demo text or images: the model build (full: minutes on 2 cores, then cached; tiny: seconds, untrained)",
     )
     kind.add_argument("--family", choices=sorted(FAMILIES), help="an empty ecosystem of this model family")
     arch = p.add_mutually_exclusive_group()

@@ -197,3 +197,19 @@ def test_unknown_rule_and_missing_scorer_are_named(parts: Path, tmp_path: Path) 
         family.score(module, config, ["a seven"], ["7"], "accuracy")
     with pytest.raises(ValueError, match=r"config\.steps"):
         family.validate_config({**config, "steps": 0})
+
+
+def test_image_demo_has_a_task_per_language(tmp_path: Path, settings_env, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    d = ("--data-dir", str(tmp_path / "eco"))
+    code, out, err = run(capsys, "init", "--demo", "images", "--size", "tiny", *d)
+    assert code == 0, err
+    assert "task english: 40 fitness points, 20 gate points (digits)" in out
+    assert "task japanese: 40 fitness points, 20 gate points (digits)" in out
+    assert "registered digits-english" in out and "registered digits-japanese" in out
+    assert any((tmp_path / "cache" / "m2n2" / "diffusion").iterdir()), "the build is cached"
+    runtime = open_runtime(Settings(data_dir=tmp_path / "eco"))
+    with runtime.sessions() as session:
+        _, config, _ = runtime.family(session)
+    assert Path(config["digits_dir"]).is_relative_to(tmp_path / "eco"), "the scorer lives in the data directory"
+    runtime.close()
