@@ -15,6 +15,7 @@ import contextlib
 import functools
 import logging
 import os
+import socket
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 ACTOR_START_SECONDS = 120.0  # a pool (or a replacement actor) not up by then: the cluster cannot host it
 RECONNECT_SECONDS = 300.0  # after losing the cluster, score in-process this long before trying it again
 MAX_ATTEMPTS = 3  # a child that took down this many actors is an error of the child, not of the cluster
+# A Ray driver exits its whole process when the cluster's GCS stays unreachable this long (Ray's default is
+# 60 s): the evolver must outlive its cluster, so it waits a day and notices the loss itself (``_alive``).
+DRIVER_GCS_TIMEOUT_SECONDS = 86_400
 NAMESPACE = "m2n2"
 
 
@@ -67,6 +71,22 @@ class ScoringActor:
         with SafetensorsSource(path) as source:
             scores = self.scorer_(source)
         return scores, time.perf_counter() - start
+
+
+def _listening(address: str) -> bool:
+    """Whether something accepts connections at ``host:port`` (or ``ray://host:port``) within 2 s.
+
+    Asked before connecting, because Ray's driver waits for an unreachable cluster as long as it would
+    for a restarting one; ``auto`` is left to Ray to resolve.
+    """
+    if address == "auto":
+        return True
+    host, port = address.removeprefix("ray://").rsplit(":", 1)
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=2).close()
+    except OSError:
+        return False
+    return True
 
 
 @functools.cache
@@ -103,17 +123,14 @@ class RayEvaluator:
         self._version += 1  # actors take the new points before their next child
         return self
 
-    def _resources(self) -> dict[str, float]:
-        if self.settings.device.startswith("cuda"):
-            return {"num_cpus": 1, "num_gpus": 1}  # one GPU per actor; its index is the node's business
-        return {"num_cpus": self.settings.torch_threads, "num_gpus": 0}
-
     def _new_actor(self) -> Any:
         assert self.local_ is not None and self._family_key is not None
-        device = "cuda" if self.settings.device.startswith("cuda") else "cpu"
+        gpus = self.settings.ray_actor_gpus
+        device = "cuda" if gpus > 0 else "cpu"  # Ray sets the actor's CUDA_VISIBLE_DEVICES to its own GPUs
+        resources = {"num_cpus": self.settings.torch_threads, "num_gpus": gpus}
         return (
             _actor_class()
-            .options(max_restarts=0, **self._resources())
+            .options(max_restarts=0, **resources)
             .remote(self._family_key[0], self.local_.config, device, self.settings.torch_threads)
         )
 
@@ -121,8 +138,11 @@ class RayEvaluator:
         """Connect to the cluster and start the pool; ``ClusterLost`` when either fails."""
         import ray
 
+        if not ray.is_initialized() and not _listening(self.settings.ray_address):
+            raise ClusterLost(f"nothing answers at the Ray address {self.settings.ray_address}")
         try:
             if not ray.is_initialized():
+                os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(DRIVER_GCS_TIMEOUT_SECONDS))
                 ray.init(address=self.settings.ray_address, namespace=NAMESPACE, log_to_driver=False)
             actors = [self._new_actor() for _ in range(self.settings.ray_actors)]
             self.pids_ = ray.get([a.pid.remote() for a in actors], timeout=ACTOR_START_SECONDS)
@@ -136,7 +156,10 @@ class RayEvaluator:
     def _ready(self) -> bool:
         """Whether the pool is up, starting it unless the cluster was lost less than RECONNECT_SECONDS ago."""
         if self.actors_:
-            return True
+            if self._alive():
+                return True
+            self._fall_back(ClusterLost(f"the Ray cluster at {self.settings.ray_address} is gone"))
+            return False
         if self._lost_at is not None and time.monotonic() - self._lost_at < RECONNECT_SECONDS:
             return False
         try:
@@ -194,6 +217,8 @@ class RayEvaluator:
                     try:
                         scores, seconds = ray.get(ref)
                     except RayActorError as e:
+                        if not self._alive():
+                            raise ClusterLost(f"the Ray cluster at {self.settings.ray_address} is gone") from e
                         attempts[child] += 1
                         if attempts[child] >= MAX_ATTEMPTS:
                             raise EcosystemError(
@@ -237,6 +262,15 @@ class RayEvaluator:
         self.actors_[actor], self._actor_versions[actor] = fresh, None
 
     # -- losing the cluster --------------------------------------------------------------------------
+    def _alive(self) -> bool:
+        """Whether the cluster still answers: Ray Client's connection, else a TCP connect to the GCS (2 s)."""
+        import ray
+        from ray.util.client import ray as client
+
+        if client.is_connected():
+            return True  # a lost Ray Client connection raises ConnectionError on the next call instead
+        return ray.is_initialized() and _listening(ray.get_runtime_context().gcs_address)
+
     def _fall_back(self, error: Exception) -> None:
         log.warning(
             "%s; scoring children in this process, trying the cluster again in %.0f s", error, RECONNECT_SECONDS

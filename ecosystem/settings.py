@@ -67,7 +67,8 @@ class EvolutionSettings(BaseModel):
     # Client) or "host:6379"; None scores them in this process. The cluster's nodes must mount the data
     # directory at the same path (children travel as file paths, not tensors).
     ray_address: str | None = None
-    ray_actors: int = Field(2, ge=1)  # evaluator actors; each takes torch_threads CPUs, or one GPU on cuda
+    ray_actors: int = Field(2, ge=1)  # evaluator actors, each with torch_threads CPUs
+    ray_actor_gpus: float = Field(0, ge=0)  # GPUs per actor (it then scores on cuda); 1 for a model per GPU
 
     @field_validator("ray_address")
     @classmethod
