@@ -34,7 +34,7 @@ class BuildConfig:
     specialist_steps: int = 250
     base_lr: float = 2e-3
     specialist_lr: float = 1e-3
-    batch: int = 64
+    batch: int = 128
     classifier_steps: int = 1500
     version: int = 1  # bump when the training code changes what a build means
 
@@ -92,7 +92,7 @@ def build(cache: Path, config: BuildConfig) -> Path:
 def main() -> None:
     """Build with the default configuration into ``benchmarks/results/cache`` (the experiment does this too)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # on a shared, loaded machine two threads wait on each other: 5-20x slower
     print(build(Path("benchmarks/results/cache"), BuildConfig()))
 
 

@@ -58,7 +58,7 @@ def train_vae(autoencoder: AutoencoderKL, images: torch.Tensor, steps: int, seed
     optimiser = torch.optim.AdamW(autoencoder.parameters(), lr=1e-3)
     autoencoder.train()
     for step in range(steps):
-        batch = images[torch.randint(0, len(images), (64,), generator=generator)]
+        batch = images[torch.randint(0, len(images), (128,), generator=generator)]
         posterior = autoencoder.encode(batch).latent_dist
         latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
         loss = F.mse_loss(autoencoder.decode(latents).sample, batch) + 1e-6 * posterior.kl().mean()
