@@ -81,6 +81,15 @@ PREDICT_BATCH_SIZE = Histogram(
 LAST_HOT_SWAP_SECONDS = Gauge(
     "m2n2_last_hot_swap_seconds", "How long each worker's last hot swap took.", ["worker"], multiprocess_mode="liveall"
 )
+CHAMPION_BEHIND = Gauge(
+    "m2n2_worker_champion_behind",
+    "1 while a worker serves an older champion because it could not load the newest one.",
+    ["worker"],
+    multiprocess_mode="liveall",
+)
+CHAMPION_LOAD_FAILURES = Counter(
+    "m2n2_champion_load_failures_total", "Champion versions a serving worker could not load (it kept the old one)."
+)
 CLIENT_DISCONNECTS = Counter(
     "m2n2_client_disconnects_total", "Requests whose client disconnected before sending the whole body.", ["route"]
 )

@@ -240,3 +240,20 @@ class EvolutionState(Base):
     steps: Mapped[int] = mapped_column(BigInteger, default=0)
     generator_state: Mapped[bytes] = mapped_column(LargeBinary)  # torch.Generator.get_state() bytes, never pickled
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WorkerState(Base):
+    """What one serving worker actually serves, and the champion version it could not load, if any.
+
+    Each worker writes its row when that changes and as a heartbeat; ``/status`` lists the rows
+    seen recently, so a worker that fell back to an older champion shows.
+    """
+
+    __tablename__ = "workers"
+
+    worker: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid/index
+    version: Mapped[int | None]  # the champion version it serves (None: none loaded yet)
+    model_id: Mapped[int | None]
+    failed_version: Mapped[int | None]  # the newest champion version it could not load
+    error: Mapped[str | None] = mapped_column(Text)
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from ecosystem import scoring, store, weights
 from ecosystem.db import begin_write
 from ecosystem.errors import Conflict
-from ecosystem.orm import ChampionEvent, Model
+from ecosystem.orm import ChampionEvent, Model, WorkerState
 from ecosystem.runtime import Runtime
 from ecosystem.specialists import Registration
 
@@ -107,8 +107,16 @@ def status(runtime: Runtime, history: int = HISTORY) -> dict[str, Any]:
         begin_write(session)  # gate scores not stored yet are computed and kept
         data = collect_status(session, runtime)
         data["history"] = [champion_move(session, event) for event in store.champion_history(session, history)]
+        data["workers"] = [worker_state(session, worker) for worker in store.live_workers(session)]
         session.commit()
     return data
+
+
+def worker_state(session: Session, worker: WorkerState) -> dict[str, Any]:
+    """What one serving worker serves, and the champion version it could not load (then it is behind)."""
+    model = None if worker.model_id is None else store.get_model(session, worker.model_id).name
+    fields = ("worker", "version", "failed_version", "error", "seen_at")
+    return {**{f: getattr(worker, f) for f in fields}, "model": model, "behind": worker.failed_version is not None}
 
 
 def champion_move(session: Session, event: ChampionEvent) -> dict[str, Any]:

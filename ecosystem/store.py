@@ -9,6 +9,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from itertools import chain
 from typing import Any
 
@@ -29,11 +30,14 @@ from ecosystem.orm import (
     Model,
     Score,
     Task,
+    WorkerState,
     utcnow,
 )
 from ecosystem.points import canonical_json, check_point
 from m2n2.checkpoint import DTYPE_NAMES, DTYPES
 from m2n2.space import ParamSpace
+
+WORKER_HEARTBEAT_SECONDS = 10.0  # how often each serving worker records what it serves, changed or not
 
 IN_CHUNK = 500  # ids per IN (...) list, far below SQLite's and PostgreSQL's bound-parameter limits
 SQLITE_ROWS_PER_INSERT = 333  # 3 parameters a row: 999, the bound-parameter limit of SQLite before 3.32
@@ -763,3 +767,19 @@ def save_evolution_state(session: Session, steps: int, generator_state: bytes) -
 def _chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def report_worker(session: Session, worker: str, **state: Any) -> None:
+    """Record what ``worker`` serves now (``version``, ``model_id``, ``failed_version``, ``error``)."""
+    row = session.get(WorkerState, worker) or WorkerState(worker=worker)
+    for key, value in state.items():
+        setattr(row, key, value)
+    row.seen_at = utcnow()
+    session.add(row)
+
+
+def live_workers(session: Session) -> list[WorkerState]:
+    """The workers heard from within three heartbeats, by name; older rows (workers gone) are deleted."""
+    since = utcnow() - timedelta(seconds=3 * WORKER_HEARTBEAT_SECONDS)
+    session.execute(delete(WorkerState).where(WorkerState.seen_at < since))
+    return list(session.scalars(select(WorkerState).order_by(WorkerState.worker)))

@@ -28,9 +28,11 @@ from starlette.background import BackgroundTask
 from starlette.responses import FileResponse, JSONResponse
 
 from ecosystem import metrics, promotion, report, tasks, views
+from ecosystem.errors import InvalidInput
 from ecosystem.imports import importable
 from ecosystem.runtime import open_runtime
 from ecosystem.settings import Settings
+from ecosystem.smoke import finite
 from ecosystem.specialists import register as register_specialist
 from service import completions, images, ui
 from service.auth import BearerAuth, admin_token
@@ -39,9 +41,11 @@ from service.champion import ChampionWatcher, Served
 from service.errors import NotReady, answers_errors, invalid
 from service.evolver import EvolverService
 from service.generation import GenerationBatcher
-from service.http import VERSION_HEADER, BodyLimit, InvalidInputStatus, OpenAPIErrors
+from service.guard import RequestGuard
+from service.http import VERSION_HEADER, BodyLimit, InvalidInputStatus, ReadinessReport
+from service.openapi import OpenAPIDocument
 from service.parent import exit_with_parent
-from service.routes import ROUTES, errors, protected
+from service.routes import ROUTES, errors, file_fields, media_types, protected
 from service.schemas import (
     Ancestry,
     ChampionMove,
@@ -118,6 +122,11 @@ class Ecosystem:
         except ValidationError as error:
             raise invalid(error, "inputs") from None
         served, outputs = await self.batcher.submit(checked)
+        if unanswerable := [i for i, output in enumerate(outputs) if not finite([output])]:
+            raise InvalidInput(
+                f"inputs {unanswerable[:10]}: the champion's answer is not finite (an input far outside "
+                "the range the model was trained on?)"
+            )
         body = [{**o, "model": served.model_name, "model_version": served.version} for o in outputs]
         # A plain JSON response: BentoML would rebuild the JSON schema of list[Prediction] for every response
         # it serialises, which costs more than the whole forward pass of a small model.
@@ -259,8 +268,12 @@ class Ecosystem:
         return TickResult.model_validate(result.model_dump())
 
 
-# Listed outermost first: the token and the body size are checked before BentoML reads the body.
+# Listed outermost first: the token, the body size and the media type are checked before BentoML reads the body.
 Ecosystem.add_asgi_middleware(BearerAuth, token=functools.partial(admin_token, SETTINGS), paths=protected(SETTINGS))
 Ecosystem.add_asgi_middleware(BodyLimit, max_bytes=CONFIG.max_request_bytes)
+Ecosystem.add_asgi_middleware(RequestGuard, media_types=media_types(Ecosystem), file_fields=file_fields(Ecosystem))
 Ecosystem.add_asgi_middleware(InvalidInputStatus, paths=ROUTES)
-Ecosystem.add_asgi_middleware(OpenAPIErrors, errors=errors(SETTINGS))
+Ecosystem.add_asgi_middleware(ReadinessReport, report=lambda: bentoml.get_current_service().watcher.readiness())
+Ecosystem.add_asgi_middleware(
+    OpenAPIDocument, apis=Ecosystem.apis, errors=errors(SETTINGS), protected=protected(SETTINGS)
+)

@@ -73,11 +73,11 @@ class BearerAuth:
             return await self.app(scope, receive, send)
         headers = [value for name, value in scope["headers"] if name == b"authorization"]
         if len(headers) > 1:  # which one counts would depend on who reads it: a proxy and this server may differ
-            return await send_error(send, 400, "send one Authorization header, not several")
+            return await send_error(scope, send, 400, "send one Authorization header, not several")
         scheme, _, presented = (headers[0] if headers else b"").partition(b" ")
         if scheme.lower() != b"bearer" or not presented.strip():
             message = f"{scope['path']} needs the header 'Authorization: Bearer <admin token>'"
-            return await send_error(send, 401, message, [(b"www-authenticate", b'Bearer realm="m2n2"')])
+            return await send_error(scope, send, 401, message, [(b"www-authenticate", b'Bearer realm="m2n2"')])
         if not hmac.compare_digest(presented.strip(), self.token):
-            return await send_error(send, 403, "the bearer token is not the admin token")
+            return await send_error(scope, send, 403, "the bearer token is not the admin token")
         return await self.app(scope, receive, send)

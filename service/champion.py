@@ -15,6 +15,7 @@ model retired by the previous one is gone (a long generation may still hold it).
 import asyncio
 import gc
 import logging
+import socket
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import torch
 from pydantic import TypeAdapter
 
 from ecosystem import metrics, store
+from ecosystem.db import begin_write
 from ecosystem.families import Family
 from ecosystem.families.base import TextGeneration
 from ecosystem.runtime import Runtime
@@ -33,6 +35,15 @@ from ecosystem.smoke import SmokeTestFailed, smoke_test
 log = logging.getLogger(__name__)
 
 RETIRE_PATIENCE = 120.0  # seconds a swap waits for requests on the model before last to finish
+ERROR_CHARS = 500  # the stored reason a champion could not load is cut to this length
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """The newest champion version a worker could not load, and why: it keeps serving what it had."""
+
+    version: int
+    error: str
 
 
 @dataclass(frozen=True)
@@ -61,9 +72,41 @@ class ChampionWatcher:
 
     def __init__(self, runtime: Runtime, worker: str, device: str = "cpu") -> None:
         self.runtime, self.worker, self.device = runtime, worker, device
+        self.name = f"{socket.gethostname()}/{worker}"  # this worker's row in the store's worker states
         self.current: Served | None = None
+        self.failure: LoadFailure | None = None
         self._failed_version: int | None = None  # a version that failed its smoke test is not retried
         self._retired: weakref.ref[Served] | None = None  # the model the last swap replaced, while requests hold it
+        self._reported: tuple[dict[str, Any], float] | None = None  # the last state recorded, and when
+
+    def state(self) -> dict[str, Any]:
+        """What this worker serves, and the newest champion version it could not load (if any)."""
+        served, failure = self.current, self.failure
+        return {
+            "version": None if served is None else served.version,
+            "model_id": None if served is None else served.model_id,
+            "failed_version": None if failure is None else failure.version,
+            "error": None if failure is None else failure.error,
+        }
+
+    def readiness(self) -> dict[str, Any]:
+        """``/readyz``'s body: this worker, what it serves and whether it is behind the stored champion."""
+        served = self.current
+        model = None if served is None else served.model_name
+        return {"worker": self.name, "model": model, **self.state(), "behind": self.failure is not None}
+
+    def report(self) -> None:
+        """Record ``state`` in the store when it changed or a heartbeat is due."""
+        state, now = self.state(), time.monotonic()
+        if self._reported is not None:
+            last_state, last_time = self._reported
+            if last_state == state and now - last_time < store.WORKER_HEARTBEAT_SECONDS:
+                return
+        with self.runtime.sessions() as session:
+            begin_write(session)
+            store.report_worker(session, self.name, **state)
+            session.commit()
+        self._reported = (state, now)
 
     def pointer(self) -> tuple[int, int] | None:
         """(version, model id) of the stored champion, or None while there is none."""
@@ -84,23 +127,30 @@ class ChampionWatcher:
         return Served(version, model.id, model.name, family, config, module, adapter)
 
     async def refresh(self) -> bool:
-        """Swap in the stored champion if its version moved; True when a swap happened."""
+        """Swap in the stored champion if its version moved; True when a swap happened.
+
+        When the new champion cannot be built or fails its smoke inference, the worker keeps
+        serving the model it has and reports the failure (``state``, ``/readyz``, ``/status``).
+        """
         pointer = await anyio.to_thread.run_sync(self.pointer)
-        if pointer is None or pointer[0] == self._failed_version:
+        if pointer is None:
             return False
-        if self.current is not None and pointer[0] == self.current.version:
+        if self.current is not None and pointer[0] == self.current.version:  # say, rolled back to what it serves
+            self._loaded()
+            return False
+        if pointer[0] == self._failed_version:
             return False
         await self._retired_released()
         start = time.perf_counter()
         try:
             served = await anyio.to_thread.run_sync(self.load, *pointer)
-        except SmokeTestFailed:
-            self._failed_version = pointer[0]
-            log.exception("worker %s keeps version %s", self.worker, self.current and self.current.version)
+        except Exception as error:
+            self._failed(pointer[0], error)
             return False
         if self.current is not None:
             self._retired = weakref.ref(self.current)
         self.current = served  # the swap: one reference, read once per request or batch
+        self._loaded()
         seconds = time.perf_counter() - start
         metrics.SERVED_VERSION.labels(self.worker).set(served.version)
         metrics.LAST_HOT_SWAP_SECONDS.labels(self.worker).set(seconds)
@@ -114,6 +164,28 @@ class ChampionWatcher:
             seconds,
         )
         return True
+
+    def _loaded(self) -> None:
+        """The worker serves the stored champion: no failure to report."""
+        self.failure = None
+        metrics.CHAMPION_BEHIND.labels(self.worker).set(0)
+
+    def _failed(self, version: int, error: Exception) -> None:
+        """Keep serving the current model; record why ``version`` did not load.
+
+        A smoke-test failure is final for that version; any other error (a missing file, memory)
+        is retried on the next poll.
+        """
+        if isinstance(error, SmokeTestFailed):
+            self._failed_version = version
+        failure = LoadFailure(version, " ".join(f"{type(error).__name__}: {error}".split())[:ERROR_CHARS])
+        if failure != self.failure:  # log once per version and cause, not on every poll
+            metrics.CHAMPION_LOAD_FAILURES.inc()
+            kept = self.current and self.current.version
+            message = "worker %s could not load champion version %d, keeps version %s: %s"
+            log.error(message, self.worker, version, kept, failure.error)
+        self.failure = failure
+        metrics.CHAMPION_BEHIND.labels(self.worker).set(1)
 
     async def _retired_released(self, patience: float = RETIRE_PATIENCE) -> None:
         """Wait until no request holds the model the previous swap retired, so at most two are in memory."""
@@ -131,6 +203,7 @@ class ChampionWatcher:
         while True:
             try:
                 await self.refresh()
+                await anyio.to_thread.run_sync(self.report)
             except Exception as error:  # the next poll retries; the worker keeps serving what it has
                 log.warning("worker %s could not check the champion: %s", self.worker, error)
             await asyncio.sleep(poll_seconds)

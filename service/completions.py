@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import bentoml
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, StreamingResponse
 
 from service.champion import Served
@@ -39,12 +40,28 @@ app = FastAPI(title="OpenAI-compatible API", docs_url=None, redoc_url=None, open
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": meaning}
     for status, meaning in [
+        (400, "a body that is not JSON, or several Authorization headers"),
         (401, "no bearer token (only with M2N2_SERVICE__PROTECT_READS)"),
         (404, "the served family does not generate text"),
         (413, "the request body is over the size limit"),
+        (415, "a Content-Type other than application/json"),
         (422, "an invalid or unknown parameter, named in error.param"),
         (503, "no champion loaded yet"),
     ]
+}
+
+# With "stream": true the answer is server-sent events: "data: <chunk JSON>" lines, then "data: [DONE]".
+STREAM: dict[str, Any] = {
+    "description": "the completion, or with stream: true its chunks as server-sent events",
+    "content": {
+        "text/event-stream": {
+            "schema": {  # one event: a chunk as JSON in "data", and last "data: [DONE]"
+                "type": "object",
+                "required": ["data"],
+                "properties": {"data": {"type": "string", "description": "a chunk as JSON, or [DONE]"}},
+            }
+        }
+    },
 }
 
 
@@ -59,6 +76,12 @@ class OpenAIError(Exception):
 @app.exception_handler(OpenAIError)
 async def _refused(request: Request, error: OpenAIError) -> JSONResponse:
     return JSONResponse(error_body(error.message, error.param, kind=error.kind), status_code=error.status)
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
+    """FastAPI's own refusals (a body it cannot parse) in OpenAI's error shape."""
+    return JSONResponse(error_body(str(error.detail)), status_code=error.status_code, headers=error.headers)
 
 
 @app.exception_handler(RequestValidationError)
@@ -104,7 +127,7 @@ async def models(worker: Worker) -> JSONResponse:
     return JSONResponse({"object": "list", "data": [card]}, headers=_headers(served))
 
 
-@app.post("/completions", responses={200: {"model": Completion}, **ERRORS})
+@app.post("/completions", responses={200: {"model": Completion, **STREAM}, **ERRORS})
 async def completions(body: CompletionRequest, worker: Worker) -> Any:
     """Complete each prompt with the champion (``stream``: server-sent events)."""
     served = text_champion(worker)
@@ -114,7 +137,7 @@ async def completions(body: CompletionRequest, worker: Worker) -> Any:
     return await _generate(worker, body, prompts, counts, max_tokens, chat=False)
 
 
-@app.post("/chat/completions", responses={200: {"model": ChatCompletion}, **ERRORS})
+@app.post("/chat/completions", responses={200: {"model": ChatCompletion, **STREAM}, **ERRORS})
 async def chat_completions(body: ChatRequest, worker: Worker) -> Any:
     """Answer the conversation: the family's chat template turns the messages into one prompt."""
     served = text_champion(worker)

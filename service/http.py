@@ -1,4 +1,4 @@
-"""ASGI middleware around the BentoML app: body limits, 422 for invalid input, the OpenAPI error entries.
+"""ASGI middleware around the BentoML app: error answers, body limits, 422 for invalid input.
 
 Each is a plain ASGI wrapper, registered with ``add_asgi_middleware``, so it sees every
 request before BentoML parses it and every response before it leaves.
@@ -6,7 +6,9 @@ request before BentoML parses it and every response before it leaves.
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Any
+
+from service.openai_schemas import error_body
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -17,12 +19,53 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 VERSION_HEADER = "X-Model-Version"
 
 
-async def send_error(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
-    """Answer ``{"error": message}`` with ``status``."""
-    body = json.dumps({"error": message}).encode()
+OPENAI_PREFIX = "/v1/"  # the OpenAI-compatible routes answer errors in OpenAI's shape
+
+
+def error_json(path: str, message: str, kind: str = "invalid_request_error") -> dict[str, Any]:
+    """The error body of a route: ``{"error": message}``, or OpenAI's ``{"error": {"message", ...}}`` under /v1."""
+    return error_body(message, kind=kind) if path.startswith(OPENAI_PREFIX) else {"error": message}
+
+
+async def send_error(
+    scope: Scope, send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()
+) -> None:
+    """Answer ``status`` with the route's error body naming ``message``."""
+    body = json.dumps(error_json(scope["path"], message)).encode()
     start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": start})
     await send({"type": "http.response.body", "body": body})
+
+
+class Refused(BaseException):
+    """Ends a request from inside its body stream with an error answer.
+
+    A BaseException, so it passes the ``except Exception`` of BentoML's endpoint and reaches the
+    middleware that raised it (or ``service.guard``), which answers ``status`` unless an answer
+    has already started.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+async def answer_refusals(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> Refused | None:
+    """Run ``app``; a ``Refused`` raised inside it becomes its error answer (returned, for logging)."""
+    started = False
+
+    async def tracked_send(message: Message) -> None:
+        nonlocal started
+        started = started or message["type"] == "http.response.start"
+        await send(message)
+
+    try:
+        await app(scope, receive, tracked_send)
+    except Refused as refusal:
+        if not started:
+            await send_error(scope, send, refusal.status, refusal.message)
+        return refusal
+    return None
 
 
 class BodyLimit:
@@ -36,30 +79,19 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await send_error(send, 413, self._message(int(length)))
-        received, over = 0, False
+            return await send_error(scope, send, 413, self._message(int(length)))
+        received = 0
 
         async def counted_receive() -> Message:
-            nonlocal received, over
+            nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    over = True  # the app sees a disconnect; its answer is replaced below
-                    return {"type": "http.disconnect"}
+                    raise Refused(413, self._message(received))
             return message
 
-        replaced = False
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal replaced
-            if over and not replaced and message["type"] == "http.response.start":
-                replaced = True
-                return await send_error(send, 413, self._message(received))
-            if not replaced:
-                await send(message)
-
-        await self.app(scope, counted_receive, guarded_send)
+        await answer_refusals(self.app, scope, counted_receive, send)
 
     def _message(self, n_bytes: int) -> str:
         return (
@@ -68,7 +100,7 @@ class BodyLimit:
         )
 
 
-class _ResponseRewriter:
+class ResponseRewriter:
     """Buffers the responses of the routes it cares about so ``rewrite`` can change status and headers."""
 
     def __init__(self, app: ASGIApp) -> None:
@@ -108,7 +140,7 @@ class _ResponseRewriter:
         await self.app(scope, receive, buffered_send)
 
 
-class InvalidInputStatus(_ResponseRewriter):
+class InvalidInputStatus(ResponseRewriter):
     """BentoML answers request-validation errors with 400; they become 422 with a message naming each field."""
 
     def __init__(self, app: ASGIApp, paths: set[str]) -> None:
@@ -131,29 +163,16 @@ class InvalidInputStatus(_ResponseRewriter):
         return 422, headers, json.dumps({"error": f"invalid request: {fields}", "detail": detail}).encode()
 
 
-class OpenAPIErrors(_ResponseRewriter):
-    """Makes the published OpenAPI document list the error answers each route really gives.
+class ReadinessReport(ResponseRewriter):
+    """``/readyz`` answers with what this worker serves (``report()``), not just its status.
 
-    BentoML documents 400, 404 and 500 for every route; this service answers invalid input with
-    422 and adds 401/403 (token), 409 (conflict), 413 (body limit) and 503 (no champion yet).
+    A worker that could not load the newest champion stays ready, serving the last good one;
+    the body says so (``"behind": true`` and the error), as do ``/status`` and a metric.
     """
 
-    ERROR: ClassVar[dict] = {
-        "application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}
-    }
-    MEANING: ClassVar[dict[int, str]] = {
-        401: "no bearer token",
-        403: "the wrong bearer token",
-        404: "an unknown model or task",
-        409: "a conflict with the stored state (name taken, already champion, nothing to roll back)",
-        413: "the request body is over the size limit",
-        422: "invalid input; the message names the field",
-        503: "no champion loaded yet",
-    }
-
-    def __init__(self, app: ASGIApp, errors: dict[str, set[int]], path: str = "/docs.json") -> None:
+    def __init__(self, app: ASGIApp, report: Callable[[], dict[str, Any]], path: str = "/readyz") -> None:
         super().__init__(app)
-        self.errors, self.path = errors, path
+        self.report, self.path = report, path
 
     def wants(self, scope: Scope) -> bool:
         return scope["path"] == self.path
@@ -161,13 +180,6 @@ class OpenAPIErrors(_ResponseRewriter):
     def rewrite(self, status: int, headers: list, body: bytes) -> tuple[int, list, bytes]:
         if status != 200:
             return status, headers, body
-        spec = json.loads(body)
-        for route, codes in self.errors.items():
-            operation = spec.get("paths", {}).get(route, {}).get("post")
-            if operation is None:
-                continue
-            responses = {k: v for k, v in operation["responses"].items() if k in ("200", "500")}
-            for code in sorted(codes):
-                responses[str(code)] = {"description": self.MEANING[code], "content": self.ERROR}
-            operation["responses"] = responses
-        return status, headers, json.dumps(spec).encode()
+        headers = [(k, v) for k, v in headers if k.lower() != b"content-type"]
+        headers.append((b"content-type", b"application/json"))
+        return status, headers, json.dumps({"ready": True, **self.report()}).encode()

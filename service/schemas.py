@@ -133,6 +133,31 @@ class ChampionMove(BaseModel):
     created_at: datetime
 
 
+class WorkerInfo(BaseModel):
+    """One serving worker, as it last reported (every few seconds)."""
+
+    worker: str = Field(description="host/worker index")
+    version: int | None = Field(description="the champion version it serves (null: none loaded yet)")
+    model: str | None = Field(description="the model it serves")
+    behind: bool = Field(description="it could not load the newest champion and serves an older one")
+    failed_version: int | None = Field(description="the champion version it could not load")
+    error: str | None = Field(description="why that version did not load")
+    seen_at: datetime
+
+
+class Readiness(BaseModel):
+    """``GET /readyz`` of a ready worker: what it serves (a worker that is behind stays ready)."""
+
+    ready: bool
+    worker: str
+    model: str | None
+    model_id: int | None
+    version: int | None
+    behind: bool
+    failed_version: int | None
+    error: str | None
+
+
 class Status(BaseModel):
     family: str
     family_config: dict[str, Any]
@@ -143,6 +168,7 @@ class Status(BaseModel):
     coverage: Coverage
     champion: ChampionInfo | None
     history: list[ChampionMove] = Field(description="the newest promotions and rollbacks, newest first")
+    workers: list[WorkerInfo] = Field(description="what each serving worker actually serves")
 
 
 class LineageEntry(BaseModel):

@@ -15,6 +15,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedModel, PreTrainedTokenizerFast
 
 from benchmarks.hf import CORPUS, train_tokenizer
+from ecosystem import setup, tasks
+from ecosystem.runtime import open_runtime
+from ecosystem.settings import Settings
+from ecosystem.specialists import register
 
 # A minimal chat template in the Jinja dialect transformers renders.
 CHAT_TEMPLATE = (
@@ -135,3 +139,28 @@ def populate_hub_cache(cache: Path, repo_id: str, model_dir: Path, commit: str =
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     return repo / "snapshots" / commit
+
+
+QUESTIONS = [
+    ("Question: what is two plus three? Answer:", " #### 5"),
+    ("Question: what is ten minus four? Answer:", " #### 6"),
+    ("Question: what is six times seven? Answer:", " #### 42"),
+]
+
+
+def lm_data_dir(root: Path) -> Path:
+    """A causal-lm ecosystem: a tiny Llama base, two specialists (other seeds) and a task with a few points."""
+    base = tiny_llama(root / "models" / "base", seed=0)
+    settings = Settings(data_dir=root / "data")
+    runtime = open_runtime(settings)
+    try:
+        setup.create(runtime, "causal-lm", {"base": str(base)})
+        for seed in (1, 2):
+            model = tiny_llama(root / "models" / f"lm-{seed}", seed=seed)
+            register(runtime, model, name=f"lm-{seed}", registered_by="test", source="tests.hf_models", licence="MIT")
+        tasks.create_task(runtime, name="arithmetic", scoring="likelihood", gate_share=0.5)
+        points = [{"inputs": q, "target": a} for q, a in QUESTIONS]
+        tasks.add_feedback(runtime, "arithmetic", points)
+    finally:
+        runtime.close()
+    return base

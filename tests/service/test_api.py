@@ -243,7 +243,7 @@ def test_readyz_livez_metrics_and_openapi(server) -> None:
         for path in ("/predict", "/status", "/register", "/register_path", "/feedback", "/promote", "/evolve"):
             assert path in spec["paths"], path
         predict = spec["paths"]["/predict"]["post"]["responses"]
-        assert {"200", "413", "422", "503"} <= predict.keys() and "400" not in predict and "401" not in predict
+        assert {"200", "400", "413", "415", "422", "503"} <= predict.keys() and "401" not in predict
         assert {"401", "403", "409", "422"} <= spec["paths"]["/promote"]["post"]["responses"].keys()
         assert "multipart/form-data" in spec["paths"]["/register"]["post"]["requestBody"]["content"]
         inputs = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]

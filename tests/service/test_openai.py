@@ -6,45 +6,17 @@ import re
 import threading
 import zipfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from hf_models import tiny_llama
+from hf_models import lm_data_dir, tiny_llama
 from transformers import AutoTokenizer
 
-from ecosystem import setup, tasks
-from ecosystem.runtime import open_runtime
-from ecosystem.settings import Settings
-from ecosystem.specialists import register
 from service.process import Server, serve
 
-QUESTIONS = [
-    ("Question: what is two plus three? Answer:", " #### 5"),
-    ("Question: what is ten minus four? Answer:", " #### 6"),
-    ("Question: what is six times seven? Answer:", " #### 42"),
-]
 PROMPT = "Once upon a time"
 CAP = 48  # M2N2_SERVICE__MAX_TOKENS_CAP of the test server; the tiny Llama's context is 256 tokens
-
-
-def lm_data_dir(root: Path) -> Path:
-    """A causal-lm ecosystem: a tiny Llama base, two specialists (other seeds) and a task with a few points."""
-    base = tiny_llama(root / "models" / "base", seed=0)
-    settings = Settings(data_dir=root / "data")
-    runtime = open_runtime(settings)
-    try:
-        setup.create(runtime, "causal-lm", {"base": str(base)})
-        for seed in (1, 2):
-            model = tiny_llama(root / "models" / f"lm-{seed}", seed=seed)
-            register(runtime, model, name=f"lm-{seed}", registered_by="test", source="tests.hf_models", licence="MIT")
-        tasks.create_task(runtime, name="arithmetic", scoring="likelihood", gate_share=0.5)
-        points = [{"inputs": q, "target": a} for q, a in QUESTIONS]
-        tasks.add_feedback(runtime, "arithmetic", points)
-    finally:
-        runtime.close()
-    return base
 
 
 @pytest.fixture(scope="module")
