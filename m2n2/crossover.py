@@ -63,13 +63,32 @@ def global_cosine(a: TensorSource, b: TensorSource, space: ParamSpace) -> float:
     dot = norm_a2 = norm_b2 = 0.0
     for spec in space:
         ta, tb = _pair(a, b, spec.name)
-        # Chunked float32 dots summed in float64: a float32 sum over a whole embedding matrix loses digits.
-        for ca, cb in zip(ta.split(DOT_CHUNK), tb.split(DOT_CHUNK), strict=True):
-            dot += torch.dot(ca, cb).item()
-            norm_a2 += torch.dot(ca, ca).item()
-            norm_b2 += torch.dot(cb, cb).item()
+        d, na2, nb2 = dots(ta, tb)
+        dot, norm_a2, norm_b2 = dot + d, norm_a2 + na2, norm_b2 + nb2
         del ta, tb
     return _cosine(dot, norm_a2, norm_b2)
+
+
+def dots(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
+    """a.b, a.a and b.b of two flat float32 vectors, without a float64 copy of either.
+
+    Float32 dots over DOT_CHUNK-long pieces summed in float64: a float32 sum over a whole embedding
+    matrix loses digits. The pieces are one batched product each, not a loop of small dots: each call
+    starts the thread pool, which on a busy machine waits for a descheduled thread every time.
+    """
+    rows = a.numel() // DOT_CHUNK
+    whole, tail = rows * DOT_CHUNK, (a[rows * DOT_CHUNK :], b[rows * DOT_CHUNK :])
+    pa, pb = a[:whole].view(rows, 1, DOT_CHUNK), b[:whole].view(rows, 1, DOT_CHUNK)
+    pieces = [torch.bmm(x, y.transpose(1, 2)).reshape(rows) for x, y in ((pa, pb), (pa, pa), (pb, pb))]
+    ends = [torch.dot(x, y).reshape(1) for x, y in ((tail[0], tail[1]), (tail[0], tail[0]), (tail[1], tail[1]))]
+    sums = torch.stack([torch.cat([p, e]).double().sum() for p, e in zip(pieces, ends, strict=True)])  # (3,)
+    dot, norm_a2, norm_b2 = sums.tolist()
+    return dot, norm_a2, norm_b2
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """cos of the angle between two flat float32 vectors (1 when either is zero: it has no direction)."""
+    return _cosine(*dots(a, b))
 
 
 def split_slerp_tensors(

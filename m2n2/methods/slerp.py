@@ -8,7 +8,7 @@ near-parallel fallback are shared with it.
 
 import torch
 
-from m2n2.crossover import slerp_weights
+from m2n2.crossover import cosine, slerp_weights
 from m2n2.errors import M2N2Error
 from m2n2.methods.registry import InvalidMergeParameter, merge_method
 
@@ -23,9 +23,6 @@ def slerp(
     if not 0.0 <= t <= 1.0:
         raise InvalidMergeParameter(f"slerp: t must be in [0, 1], got {t!r}")
     a, b = (x.float() for x in tensors)
-    a64, b64 = a.double().reshape(-1), b.double().reshape(-1)  # float64 so the angle of large tensors is exact
-    denom = (torch.dot(a64, a64) * torch.dot(b64, b64)).sqrt().item()
     # A zero tensor has no direction: cos = 1 makes slerp_weights fall back to a line.
-    cos = torch.dot(a64, b64).item() / denom if denom > 0 else 1.0
-    wa, wb = slerp_weights(cos, t)
-    return a * wa + b * wb
+    wa, wb = slerp_weights(cosine(a.reshape(-1), b.reshape(-1)), t)
+    return torch.mul(a, wa).add_(b, alpha=wb)

@@ -16,7 +16,7 @@ def task_vectors(tensors: list[torch.Tensor], base: torch.Tensor | None, method:
     """Each model minus the base, in float32, shape (n_models, *shape)."""
     if base is None:
         raise M2N2Error(f"{method} needs a base model (task vectors are model - base)")
-    return torch.stack([t.float() for t in tensors]) - base.float()
+    return torch.stack([t.float() for t in tensors]).sub_(base.float())  # in place: one allocation
 
 
 def check_scale(scale: float, method: str) -> None:
