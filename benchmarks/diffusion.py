@@ -13,6 +13,7 @@ chromosome modes of the ``diffusion`` family (attention apart, or one vector).
 """
 
 import argparse
+import dataclasses
 import itertools
 import json
 import logging
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 
 from benchmarks import diffusion_build as build_parts
-from benchmarks.diffusion_models import LANGUAGES, BuildConfig, build
+from benchmarks.diffusion_models import LANGUAGES, PRESETS, build
 from ecosystem.families import get_family
 from ecosystem.families.diffusion import point_seed
 from ecosystem.families.image_scorers import DigitsScorer, digits_features
@@ -181,6 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=40, help="M2N2 steps per chromosome mode")
     parser.add_argument("--archive", type=int, default=6, help="M2N2 archive size")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--build", choices=sorted(PRESETS), default="full", help="tiny: untrained, for tests")
     parser.add_argument("--sample-steps", type=int, default=20, help="DDIM steps of held-out images")
     parser.add_argument("--fitness-steps", type=int, default=10, help="DDIM steps of fitness images")
     parser.add_argument("--guidance", type=float, default=5.0)
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
 
     start = time.perf_counter()
-    build_dir = build(args.cache, BuildConfig(seed=args.seed))
+    build_dir = build(args.cache, dataclasses.replace(PRESETS[args.build], seed=args.seed))
     build_facts = json.loads((build_dir / "build.json").read_text())
     log.info("models in %s (built in %.0f s)", build_dir, sum(build_facts["seconds"].values()))
     scorer = DigitsScorer(build_dir / "classifier")

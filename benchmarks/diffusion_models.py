@@ -42,6 +42,11 @@ class BuildConfig:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
+# Seconds to build, untrained: for tests of the plumbing (the image demo's --size tiny too).
+TINY = BuildConfig(size="test", vae_steps=1, base_steps=1, specialist_steps=1, classifier_steps=1)
+PRESETS = {"full": BuildConfig(), "tiny": TINY}
+
+
 def build(cache: Path, config: BuildConfig) -> Path:
     """The build's directory, training whatever is not there yet (each part is written when finished)."""
     root = Path(cache) / f"diffusion-{config.key()}"

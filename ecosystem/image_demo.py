@@ -16,7 +16,7 @@ from pathlib import Path
 import platformdirs
 
 from benchmarks import diffusion_build as prompts
-from benchmarks.diffusion_models import LANGUAGES, BuildConfig, build
+from benchmarks.diffusion_models import LANGUAGES, PRESETS, BuildConfig, build
 from ecosystem import setup, tasks
 from ecosystem.runtime import Runtime
 from ecosystem.specialists import Registration, register
@@ -26,10 +26,7 @@ log = logging.getLogger(__name__)
 TASKS = {"en": "english", "ja": "japanese"}
 SOURCE = "benchmarks.diffusion_models: fine-tuned from the demo base on {} digit prompts (sklearn digits, 16x16)"
 LICENCE = "BSD-3-Clause"  # scikit-learn's, which ships the digits data
-FULL = BuildConfig()
-# Seconds to build, untrained: for tests of the demo's plumbing.
-TINY = BuildConfig(size="test", vae_steps=1, base_steps=1, specialist_steps=1, classifier_steps=1)
-SIZES = {"full": FULL, "tiny": TINY}
+SIZES = PRESETS  # full: the experiment's models; tiny: untrained, in seconds
 
 
 def default_cache() -> Path:
@@ -37,7 +34,9 @@ def default_cache() -> Path:
     return platformdirs.user_cache_path("m2n2") / "diffusion"
 
 
-def init_images(runtime: Runtime, config: BuildConfig = FULL, cache: Path | None = None) -> list[Registration]:
+def init_images(
+    runtime: Runtime, config: BuildConfig = PRESETS["full"], cache: Path | None = None
+) -> list[Registration]:
     """Create the image ecosystem in an empty store: the base pipeline, both specialists, a task per language."""
     built = build(cache or default_cache(), config)
     scorer = runtime.settings.data_dir / "scorers" / "digits"
