@@ -21,9 +21,12 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 ENGLISH = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 JAPANESE = ("零", "一", "二", "三", "四", "五", "六", "七", "八", "九")
-NUMBER_WORDS = {"en": ENGLISH, "ja": JAPANESE}
+NUMERALS = tuple(str(d) for d in range(10))
+NUMBER_WORDS = {"en": ENGLISH, "ja": JAPANESE, "num": NUMERALS}
 # Prompt templates per language: the experiment trains on "train" and evaluates on "test" (held out).
+# "num" (numerals, "a handwritten 7") is the base's: it learns to follow text, the specialists learn words.
 TEMPLATES = {
+    "num": {"train": ("a handwritten {}", "the digit {}", "{}", "a picture of {}"), "test": ("number {}",)},
     "en": {
         "train": ("a handwritten {}", "the digit {}", "a picture of the number {}", "{} written by hand"),
         "test": ("an image of a handwritten {}", "the number {}"),

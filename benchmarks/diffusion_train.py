@@ -94,12 +94,10 @@ def embed(pipeline: StableDiffusionPipeline, texts: list[str]) -> torch.Tensor:
 
 
 def prompt_sampler(
-    pipeline: StableDiffusionPipeline, language: str | None
+    pipeline: StableDiffusionPipeline, language: str
 ) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
-    """A function from labels (b,) to text states (b, tokens, hidden): the language's training prompts, or "" only."""
+    """A function from labels (b,) to text states (b, tokens, hidden): the language's training prompts or ""."""
     empty = embed(pipeline, [""])[0]
-    if language is None:
-        return lambda labels, generator: empty.expand(len(labels), *empty.shape)
     per_digit = torch.stack([embed(pipeline, build.prompts(language, "train", d)) for d in range(10)])  # (10, k, t, h)
 
     def sample(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -116,13 +114,13 @@ def train_unet(
     pipeline: StableDiffusionPipeline,
     latents: torch.Tensor,
     labels: torch.Tensor,
-    language: str | None,
+    language: str,
     steps: int,
     seed: int,
     lr: float,
     batch: int = 128,
 ) -> UNet2DConditionModel:
-    """Epsilon-prediction training on the latents with the language's prompts ("" only for ``None``)."""
+    """Epsilon-prediction training on the latents with the language's prompts (and "" for guidance)."""
     generator = torch.Generator().manual_seed(seed)
     sample_prompts = prompt_sampler(pipeline, language)
     noise_schedule = pipeline.scheduler
@@ -146,5 +144,5 @@ def train_unet(
         optimiser.step()
         schedule.step()
         if step % 50 == 0:
-            log.info("unet %s step %d loss %.4f", language or "base", step, loss.item())
+            log.info("unet %s step %d loss %.4f", language, step, loss.item())
     return model.eval().requires_grad_(False)

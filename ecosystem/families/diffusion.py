@@ -143,6 +143,9 @@ class Diffusion:
         source = Path(base).expanduser()
         if not source.is_dir():
             raise ValueError(f"base: {base} is not a directory (diffusion bases are local pipeline directories)")
+        for field in SCORER_DIRS.values():  # relative to where the command runs
+            if isinstance(options.get(field), str):
+                options[field] = str(Path(options[field]).expanduser().resolve())
         _check_settings({**DEFAULTS, **options}, allowed={*DEFAULTS, *OPTIONAL})
         files.check_pipeline(source)
         unet = source / files.UNET
@@ -164,9 +167,6 @@ class Diffusion:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         logger.info("diffusion base %s: UNet of %d tensors, %d parameters", base, len(space), space.dim)
-        for field in SCORER_DIRS.values():
-            if isinstance(options.get(field), str):
-                options[field] = str(Path(options[field]).expanduser().resolve())
         return self.validate_config({"base": base, "base_dir": str(target.resolve()), **options})
 
     def validate_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
