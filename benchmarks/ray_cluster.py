@@ -28,24 +28,28 @@ def free_port() -> int:
 
 
 class LocalCluster:
-    """``with LocalCluster(num_cpus=2) as cluster:`` a head node at ``cluster.address`` until the block ends."""
+    """``with LocalCluster(num_cpus=2) as cluster:`` a head node until the block ends.
+
+    ``address`` is its GCS (``host:port``), ``client_address`` its Ray Client server (``ray://host:port``).
+    """
 
     def __init__(self, num_cpus: int = 2, start_seconds: float = 120.0) -> None:
         self.num_cpus, self.start_seconds = num_cpus, start_seconds
-        self.address = ""
+        self.address = self.client_address = ""
         self._head: subprocess.Popen | None = None
         self._temp: Path | None = None
 
     def start(self) -> "LocalCluster":
-        """Start the head and wait until its GCS port answers; ``RuntimeError`` with the head's log if it does not."""
+        """Start the head and wait until its GCS and Ray Client ports answer (``RuntimeError`` with its log if not)."""
         os.environ.update(RAY_ENV)
-        port = free_port()
+        port, client_port = free_port(), free_port()
         # Ray's unix sockets live under the temp dir, and their paths must stay under ~107 characters.
         self._temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
         ray = Path(sys.executable).with_name("ray")
         command = [
             str(ray) if ray.is_file() else "ray",
             *("start", "--head", "--block", "--port", str(port), "--num-cpus", str(self.num_cpus)),
+            *("--ray-client-server-port", str(client_port)),
             *("--temp-dir", str(self._temp), "--node-ip-address", "127.0.0.1"),
             *("--include-dashboard=false", "--disable-usage-stats"),
         ]
@@ -53,13 +57,14 @@ class LocalCluster:
         self._head = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **RAY_ENV}, start_new_session=True
         )
-        self.address = f"127.0.0.1:{port}"
+        self.address, self.client_address = f"127.0.0.1:{port}", f"ray://127.0.0.1:{client_port}"
         deadline = time.monotonic() + self.start_seconds
         while time.monotonic() < deadline:
             if self._head.poll() is not None:
                 break
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                for listening in (port, client_port):
+                    socket.create_connection(("127.0.0.1", listening), timeout=1).close()
                 return self
             except OSError:
                 time.sleep(0.2)

@@ -206,7 +206,10 @@ class RayEvaluator:
             while queue or in_flight:
                 while queue and idle:
                     actor, child = idle.popleft(), queue.popleft()
-                    in_flight[self._submit(actor, str(genomes[child].path))] = (actor, child)
+                    try:  # Ray Client raises ConnectionError here (hashing the ref) once the cluster is gone
+                        in_flight[self._submit(actor, str(genomes[child].path))] = (actor, child)
+                    except Exception as e:
+                        raise ClusterLost(f"Ray refused a child: {e}") from e
                 metrics.RAY_IN_FLIGHT.set(len(in_flight))
                 try:
                     done, _ = ray.wait(list(in_flight), num_returns=1)
