@@ -179,7 +179,7 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=Path("benchmarks/results/cache"), help="built models go here")
-    parser.add_argument("--steps", type=int, default=40, help="M2N2 steps per chromosome mode")
+    parser.add_argument("--steps", type=int, default=60, help="M2N2 steps per chromosome mode")
     parser.add_argument("--archive", type=int, default=6, help="M2N2 archive size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--build", choices=sorted(PRESETS), default="full", help="tiny: untrained, for tests")
