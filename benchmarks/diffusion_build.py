@@ -96,7 +96,11 @@ def train_tokenizer(texts: list[str] | None = None, vocab_size: int = 1000) -> C
 
 
 def text_encoder(tokenizer: CLIPTokenizer, size: Size, seed: int) -> CLIPTextModel:
-    """A randomly initialised CLIP text encoder whose special token ids are the tokenizer's."""
+    """A randomly initialised CLIP text encoder whose special token ids are the tokenizer's.
+
+    Token embeddings are drawn at unit scale (CLIP's init uses 0.02, as for positions): a frozen random
+    encoder then keeps each word's identity ahead of its position, so a UNet learns to follow words sooner.
+    """
     config = CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=size.text_hidden,
@@ -109,7 +113,10 @@ def text_encoder(tokenizer: CLIPTokenizer, size: Size, seed: int) -> CLIPTextMod
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
-    return CLIPTextModel(config).eval()
+    model = CLIPTextModel(config).eval()
+    with torch.no_grad():
+        model.get_input_embeddings().weight.normal_(0.0, 1.0)
+    return model
 
 
 def unet(size: Size, seed: int) -> UNet2DConditionModel:

@@ -31,13 +31,13 @@ class BuildConfig:
     seed: int = 0
     size: str = "bench"  # a key of diffusion_build.SIZES
     vae_steps: int = 40
-    base_steps: int = 500
-    specialist_steps: int = 400
+    base_steps: int = 700
+    specialist_steps: int = 600
     base_lr: float = 2e-3
-    specialist_lr: float = 1e-3
+    specialist_lr: float = 2e-3
     batch: int = 128
     classifier_steps: int = 1500
-    version: int = 2  # bump when the training code changes what a build means
+    version: int = 3  # bump when the training code changes what a build means
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
