@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     rate = {name: len(batch) / statistics.median(s) for name, s in seconds.items()}
     baseline = rate["in-process, 1 thread"]
     result = {
-        "command": "python -m benchmarks.ray_eval " + " ".join(argv if argv is not None else []),
+        "command": " ".join(["python -m benchmarks.ray_eval", *(sys.argv[1:] if argv is None else argv)]),
         "model": {"hidden": args.hidden, "layers": args.layers, "parameters": runtime_space_dim(runtime)},
         "fitness_points": len(points),
         "children": len(batch),

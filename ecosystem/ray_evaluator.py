@@ -136,17 +136,26 @@ class RayEvaluator:
 
     def _start(self) -> None:
         """Connect to the cluster and start the pool; ``ClusterLost`` when either fails."""
-        import ray
+        try:
+            import ray
+        except ImportError:
+            raise EcosystemError(
+                "M2N2_EVOLUTION__RAY_ADDRESS is set but ray is not installed: pip install 'm2n2[ray]'"
+            ) from None
 
         if not ray.is_initialized() and not _listening(self.settings.ray_address):
             raise ClusterLost(f"nothing answers at the Ray address {self.settings.ray_address}")
+        actors: list[Any] = []
         try:
             if not ray.is_initialized():
                 os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(DRIVER_GCS_TIMEOUT_SECONDS))
                 ray.init(address=self.settings.ray_address, namespace=NAMESPACE, log_to_driver=False)
             actors = [self._new_actor() for _ in range(self.settings.ray_actors)]
             self.pids_ = ray.get([a.pid.remote() for a in actors], timeout=ACTOR_START_SECONDS)
-        except Exception as e:  # connection refused, auth, timeout: all mean no usable cluster
+        except Exception as e:  # connection refused, auth, no room for the actors: no usable cluster
+            for handle in actors:  # actors still waiting for resources would hold them later
+                with contextlib.suppress(Exception):
+                    ray.kill(handle, no_restart=True)
             raise ClusterLost(f"no Ray cluster at {self.settings.ray_address}: {e}") from e
         self.actors_ = actors
         self._actor_versions = [None] * len(actors)
@@ -287,7 +296,7 @@ class RayEvaluator:
     def _stop_actors(self) -> None:
         import ray
 
-        for handle in self.actors_:
+        for handle in self.actors_ if ray.is_initialized() else ():  # ray.kill would start a local Ray
             with contextlib.suppress(Exception):  # the cluster or the actor is gone already
                 ray.kill(handle, no_restart=True)
         self.actors_, self.pids_, self._actor_versions = [], [], []
