@@ -150,6 +150,26 @@ def test_a_cluster_stopped_during_a_tick_falls_back_in_process(cluster, pool, fr
     evolver.tick(steps=K)  # the next tick runs in-process too, without waiting on the dead cluster
 
 
+def test_ray_settings_come_from_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("M2N2_EVOLUTION__RAY_ADDRESS", "ray://m2n2-ray-head-svc:10001")
+    monkeypatch.setenv("M2N2_EVOLUTION__BATCH", "4")
+    monkeypatch.setenv("M2N2_EVOLUTION__RAY_ACTOR_GPUS", "1")
+    evolution = Settings().evolution
+    assert (evolution.ray_address, evolution.batch, evolution.ray_actors, evolution.ray_actor_gpus) == (
+        "ray://m2n2-ray-head-svc:10001",
+        4,
+        2,
+        1,
+    )
+    for address in ("auto", "10.0.0.7:6379"):
+        assert EvolutionSettings(ray_address=address).ray_address == address
+    assert EvolutionSettings(ray_address=" ").ray_address is None
+    with pytest.raises(ValueError, match="ray_address must be auto"):
+        EvolutionSettings(ray_address="head-without-port")
+    with pytest.raises(ValueError, match="batch"):
+        EvolutionSettings(batch=0)
+
+
 def test_no_cluster_at_the_address_scores_in_process(fresh, in_process) -> None:
     ray.shutdown()
     runtime = fresh(ray_address="127.0.0.1:9", ray_actors=2, batch=K)  # nothing listens on the discard port
