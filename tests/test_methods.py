@@ -15,6 +15,7 @@ from m2n2.methods import (
     merge_method,
 )
 from m2n2.methods import registry as registry_module
+from m2n2.methods.ties import SAMPLE, SELECT_DIRECT, kth_largest, trim
 
 
 def run(name: str, tensors: list[torch.Tensor], base: torch.Tensor | None = None, seed: int = 0, **params):
@@ -158,6 +159,26 @@ def test_ties_zero_sum_elects_plus_as_mergekit_does():
 def test_ties_averages_rather_than_sums_agreeing_vectors():
     base = t(0, 0)
     torch.testing.assert_close(run("ties", [t(1, 2), t(3, 4)], base, density=1.0), t(2, 3))
+
+
+@pytest.mark.parametrize("numel", [7, SELECT_DIRECT + 3])  # below and above the size where trim brackets by sampling
+@pytest.mark.parametrize("density", [0.01, 0.5])
+@pytest.mark.parametrize("ties_at_threshold", [False, True])
+def test_trim_keeps_what_a_stable_sort_by_magnitude_keeps(numel, density, ties_at_threshold):
+    g = torch.Generator().manual_seed(numel)
+    tvs = torch.randn(2, numel, generator=g)
+    if ties_at_threshold:
+        tvs = (tvs * 4).round() / 4  # a handful of distinct magnitudes: the k-th largest is shared widely
+    k = max(1, round(density * numel))
+    top = tvs.abs().argsort(dim=1, descending=True, stable=True)[:, :k]
+    expected = torch.zeros_like(tvs).scatter_(1, top, 1.0) * tvs
+    assert torch.equal(trim(tvs, density), expected)
+
+
+def test_kth_largest_falls_back_when_the_sample_misleads():
+    values = torch.zeros(20 * SAMPLE)  # the sample takes every 20th entry: all of them even
+    values[1::2] = torch.arange(1, 10 * SAMPLE + 1, dtype=torch.float32)  # so it sees only the zeros
+    assert float(kth_largest(values, 10)) == 10 * SAMPLE - 9
 
 
 @pytest.mark.parametrize("name", ["ties", "dare"])
