@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, default=3, help="search seeds 42, 43, ...")
     parser.add_argument("--evaluations", type=int, default=200, help="evaluations per searched run")
     parser.add_argument("--fitness", type=int, default=50, help="feedback problems per skill")
-    parser.add_argument("--test", type=int, default=100, help="held-out test problems per skill")
+    parser.add_argument("--test", type=int, default=70, help="held-out test problems per skill")
     parser.add_argument("--jobs", type=int, default=3, help="worker processes (rows run in parallel)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on 2 cores)")
     parser.add_argument("--cache", type=Path, default=Path("benchmarks/results/cache/text"), help="built models")

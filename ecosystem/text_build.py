@@ -53,8 +53,8 @@ class TextBuildConfig(BaseModel):
     intermediate_size: int = Field(384, ge=8)
     context: int = Field(128, ge=64)
     pretrain_docs: int = Field(20_000, ge=1)
-    answered_share: float = Field(0.1, ge=0, le=1)  # answered examples of both skills in the pre-training mix
-    pretrain_steps: int = Field(600, ge=0)
+    answered_share: float = Field(0.4, ge=0, le=1)  # answered examples of both skills in the pre-training mix
+    pretrain_steps: int = Field(1000, ge=0)
     pretrain_lr: float = Field(3e-3, gt=0)
     batch_size: int = Field(16, ge=1)
     finetune_examples: int = Field(4000, ge=1)
