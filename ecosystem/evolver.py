@@ -11,6 +11,7 @@ weights. Rows go in a few multi-row statements per tick, not a few per child.
 """
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,6 +93,7 @@ class Evolver:
         self.runtime = runtime
         self._state: ArchiveState | None = None
         self._gatekeeper = promotion.Gatekeeper(runtime)
+        self.stopping = threading.Event()  # set by ``interrupt``: ticks end after their current batch
         # Children scored on a Ray cluster when an address is set (flat families score in microseconds: here).
         self.ray_ = RayEvaluator(runtime.settings.evolution) if runtime.settings.evolution.ray_address else None
 
@@ -115,6 +117,13 @@ class Evolver:
             evaluate = self.ray_.bind(family.name, evaluate)
         self._state = ArchiveState(points, members, archive, evaluate, genomes)
         return self._state
+
+    def interrupt(self) -> None:
+        """End the running tick (and any later one) after its current batch: for a bounded shutdown.
+
+        What the tick did so far is recorded as usual; the promotion gate is skipped.
+        """
+        self.stopping.set()
 
     # -- one tick ------------------------------------------------------------------------
     def tick(self, steps: int | None = None, seconds: float | None = None) -> TickReport:
@@ -159,7 +168,8 @@ class Evolver:
             children.append(child)
             state.members[result.slot] = child
 
-        evolver.run(steps=steps, seconds=seconds, callback=on_step)  # no transaction open while evolving
+        # No transaction is open while evolving.
+        evolver.run(steps=steps, seconds=seconds, callback=on_step, stop=self.stopping)
         with self.runtime.sessions() as session:
             begin_write(session)
             if not self._record(session, children, state, loaded):
@@ -174,7 +184,7 @@ class Evolver:
         metrics.EVOLUTION_STEPS.inc(report.steps)
         metrics.CHILDREN.labels("admitted").inc(report.admitted)
         metrics.CHILDREN.labels("rejected").inc(report.rejected)
-        report.promotion = self._offer_best(state)
+        report.promotion = None if self.stopping.is_set() else self._offer_best(state)
         report.seconds = time.perf_counter() - start
         log.info(
             "tick: %d steps, %d admitted, %d rejected in %.2f s",

@@ -93,11 +93,12 @@ def single_evolver(settings: Settings) -> Iterator[None]:
 
 
 def run_forever(evolver: Evolver, settings: Settings) -> None:
-    """Run the schedule in the foreground until SIGTERM or SIGINT, then let the running tick finish."""
+    """Run the schedule in the foreground until SIGTERM or SIGINT, which end the running tick after its batch."""
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
-        log.info("received %s: stopping after the running tick", signal.Signals(signum).name)
+        log.info("received %s: stopping after the running batch", signal.Signals(signum).name)
+        evolver.interrupt()
         stop.set()
 
     with single_evolver(settings):

@@ -8,6 +8,7 @@ score, and let the child compete for a place in the archive.
 """
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -242,18 +243,24 @@ class M2N2:
         seconds: float | None = None,
         callback: Callable[[StepResult], None] | None = None,
         progress: bool = False,
+        stop: threading.Event | None = None,
     ) -> "M2N2":
         """Run generations until ``steps`` are done or ``seconds`` have passed, whichever comes first.
 
-        Generations go ``config.batch`` at a time (the last batch is cut to ``steps``); the time budget
-        is checked between batches. ``callback`` sees every generation, in proposal order.
+        Generations go ``config.batch`` at a time (the last batch is cut to ``steps``); the time budget,
+        and ``stop`` (set from another thread to end the run early), are checked between batches.
+        ``callback`` sees every generation, in proposal order.
         """
         if steps is None and seconds is None:
             raise M2N2Error("run() needs a budget: steps, seconds, or both")
         deadline = None if seconds is None else time.monotonic() + seconds
         done = 0
         with tqdm(total=steps, disable=not progress, desc="M2N2", unit="step") as bar:
-            while (steps is None or done < steps) and (deadline is None or time.monotonic() < deadline):
+            while (
+                (steps is None or done < steps)
+                and (deadline is None or time.monotonic() < deadline)
+                and not (stop is not None and stop.is_set())
+            ):
                 k = self.config.batch if steps is None else min(self.config.batch, steps - done)
                 for result in self.step_batch(k):
                     done += 1

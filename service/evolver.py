@@ -67,7 +67,8 @@ class EvolverService:
 
     @bentoml.on_shutdown
     def stop(self) -> None:
-        """Let the running tick finish, then release the store and the evolver lock."""
+        """End the running tick after its current batch, then release the store and the evolver lock."""
+        self.evolver.evolver.interrupt()
         self.scheduler.shutdown(wait=True)
         self.runtime.close()
         self._lock.close()

@@ -1,5 +1,7 @@
 """What one evolver tick leaves in the store, and when the promotion gate after it decides again."""
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,3 +132,18 @@ def test_the_evolver_exports_the_gate_score_of_a_champion_moved_elsewhere(runtim
     gauge.set(-1.0)  # as if the move had been exported by another process only
     gatekeeper.offer(champion_id)
     assert gauge._value.get() == pytest.approx(expected[other])
+
+
+def test_an_interrupted_tick_ends_after_its_batch_and_records_what_it_did(runtime):
+    """A shutdown does not wait for a long tick: ``interrupt`` ends it early, its steps saved, no gate run."""
+    evolver, reports = Evolver(runtime), []
+    ticking = threading.Thread(target=lambda: reports.append(evolver.tick(steps=10_000_000)))
+    ticking.start()
+    time.sleep(2.0)
+    evolver.interrupt()
+    ticking.join(timeout=60)
+    assert not ticking.is_alive()
+    (report,) = reports
+    assert report.steps < 10_000_000 and report.promotion is None
+    with runtime.sessions() as session:
+        assert store.load_evolution_state(session).steps == report.steps
