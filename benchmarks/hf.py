@@ -9,13 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedTokenizerFast
 
+from ecosystem import text_build
 from m2n2.checkpoint import write_safetensors
 from m2n2.space import ParamSpace
 
-EOS = "<|endoftext|>"
+EOS = text_build.EOS
 # Words, digits, arithmetic and a few non-ASCII characters, so the merges cover typical prompts.
 CORPUS = (
     "Question: what is two plus three? Answer: #### 5",
@@ -30,18 +30,8 @@ CORPUS = (
 
 
 def train_tokenizer(vocab_size: int = 320, corpus: Sequence[str] = CORPUS) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer with EOS doubling as BOS and pad, as GPT-2's."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(list(corpus), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=EOS, bos_token=EOS)
+    """The text demo's byte-level BPE tokenizer, trained on a small multilingual corpus by default."""
+    return text_build.train_tokenizer(vocab_size, corpus)
 
 
 def checkpoint_space(config: PretrainedConfig) -> ParamSpace:

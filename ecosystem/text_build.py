@@ -142,6 +142,7 @@ def _pretrain(config: TextBuildConfig, root: Path) -> dict[str, float]:
     torch.manual_seed(config.seed)
     corpus = text_data.pretraining_text(config.pretrain_docs, config.seed, config.answered_share)
     tokenizer = train_tokenizer(config.vocab_size, corpus)
+    tokenizer.chat_template = CHAT_TEMPLATE
     model = AutoModelForCausalLM.from_config(_llama_config(config, tokenizer))
     rows = _packed(tokenizer, corpus, config.context)
     _train(model, rows, config.pretrain_steps, config.pretrain_lr, config.batch_size, config.seed, tokenizer)
@@ -177,7 +178,7 @@ def _finetune_one(config: TextBuildConfig, base: Path, root: Path, skill: str) -
 
 
 def train_tokenizer(vocab_size: int, corpus: Sequence[str]) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer (any text encodes) with EOS doubling as BOS and pad, and a chat template."""
+    """A byte-level BPE tokenizer (any text encodes) with EOS doubling as BOS and pad, as GPT-2's."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -188,9 +189,7 @@ def train_tokenizer(vocab_size: int, corpus: Sequence[str]) -> PreTrainedTokeniz
         show_progress=False,
     )
     tokenizer.train_from_iterator(list(corpus), trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=EOS, bos_token=EOS)
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=EOS, bos_token=EOS)
 
 
 def _llama_config(config: TextBuildConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:

@@ -69,4 +69,5 @@ def test_tokenizer_round_trips_both_skills_and_any_text() -> None:
     texts = [e.prompt + e.answer for s in text_data.SKILLS for e in text_data.examples(s, "test", 5, seed=0)]
     for text in [*texts, "Größe: 5 µm. 日本語"]:
         assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+    tokenizer.chat_template = text_build.CHAT_TEMPLATE  # the demo's: a chat message carries a completion's prompt
     assert tokenizer.apply_chat_template([{"role": "user", "content": texts[0]}], tokenize=False) == texts[0]
