@@ -161,7 +161,7 @@ class CausalLM:
         dtype = COMPUTE_DTYPES[cfg["dtype"]]
         model = hf_files.empty_model(cfg["base_dir"])
         # One tensor read and converted at a time: the peak is the model plus one tensor.
-        tensors = {name: _to_compute(tensor, device, dtype) for name, tensor in iter_tensors(source, space)}
+        tensors = {name: hf_files.to_compute(tensor, device, dtype) for name, tensor in iter_tensors(source, space)}
         _, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
         if unexpected:  # missing ones are tied; materialise_buffers names any left on meta
             raise IncompatibleModels(f"model has unexpected tensor {unexpected[0]!r}")
@@ -222,7 +222,7 @@ class CausalLM:
         text_config = hf_config.get_text_config()
         for field in CONTEXT_FIELDS:
             value = getattr(text_config, field, None)
-            if _is_int(value) and value > 0:
+            if hf_files.is_int(value) and value > 0:
                 return value
         return DEFAULT_CONTEXT_LENGTH
 
@@ -447,7 +447,7 @@ def _eos_ids_at(base_dir: str) -> frozenset[int]:
     flat = set()
     for value in ids:
         flat.update(value if isinstance(value, list) else [value])
-    return frozenset(i for i in flat if _is_int(i))
+    return frozenset(i for i in flat if hf_files.is_int(i))
 
 
 def _pad_id(base_dir: str) -> int:
@@ -491,16 +491,7 @@ def _batches(rows: list[list[int]], size: int) -> Iterator[list[int]]:
         yield order[start : start + size]
 
 
-def _to_compute(tensor: torch.Tensor, device: str, dtype: torch.dtype) -> torch.Tensor:
-    """A checkpoint tensor on ``device``; floating-point ones in the compute dtype."""
-    return tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
-
-
 # --- argument checks ---------------------------------------------------------------------------------------
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _check_settings(config: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
@@ -515,7 +506,7 @@ def _check_settings(config: dict[str, Any], allowed: set[str]) -> dict[str, Any]
     except (re.error, TypeError) as e:
         raise ValueError(f"config.answer_pattern: not a regular expression ({e})") from None
     for field in ("max_new_tokens", "batch_size"):
-        if not _is_int(config[field]) or config[field] < 1:
+        if not hf_files.is_int(config[field]) or config[field] < 1:
             raise ValueError(f"config.{field}: expected a positive integer, got {config[field]!r}")
     return config
 
@@ -531,7 +522,7 @@ def _check_strings(values: Any, field: str, allow_empty: bool = False) -> None:
 def _check_sampling(s: Any, field: str) -> None:
     if not isinstance(s, Sampling):
         raise ValueError(f"{field}: expected a Sampling, got {type(s).__name__}")
-    if not _is_int(s.max_tokens) or s.max_tokens < 1:
+    if not hf_files.is_int(s.max_tokens) or s.max_tokens < 1:
         raise ValueError(f"{field}.max_tokens: expected a positive integer, got {s.max_tokens!r}")
     if not isinstance(s.temperature, int | float) or not math.isfinite(s.temperature) or s.temperature < 0:
         raise ValueError(f"{field}.temperature: expected a number >= 0, got {s.temperature!r}")
@@ -539,5 +530,5 @@ def _check_sampling(s: Any, field: str) -> None:
         raise ValueError(f"{field}.top_p: expected a number in (0, 1], got {s.top_p!r}")
     if not isinstance(s.stop, tuple | list) or not all(isinstance(x, str) and x for x in s.stop):
         raise ValueError(f"{field}.stop: expected non-empty strings, got {s.stop!r}")
-    if s.seed is not None and not _is_int(s.seed):
+    if s.seed is not None and not hf_files.is_int(s.seed):
         raise ValueError(f"{field}.seed: expected an integer or null, got {s.seed!r}")

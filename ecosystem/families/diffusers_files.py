@@ -6,7 +6,6 @@ listed by ``diffusion_pytorch_model.safetensors.index.json``, or one variant suc
 Checks raise ``RegistrationRefused`` naming the first mismatch; pickles are never opened.
 """
 
-import json
 import re
 import shutil
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from ecosystem.errors import RegistrationRefused
+from ecosystem.families.hf_files import indexed_shards, read_json
 from m2n2.checkpoint import read_header
 from m2n2.space import ParamSpace
 
@@ -28,17 +28,6 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 CONVERT_HINT = "save it with unet.save_pretrained(dir, safe_serialization=True)"
 # Libraries a pipeline's components may come from: anything else would mean running repository code.
 LIBRARIES = ("diffusers", "transformers")
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``; ``RegistrationRefused`` naming the file otherwise."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RegistrationRefused(f"{path.name}: not readable JSON ({e})") from None
-    if not isinstance(value, dict):
-        raise RegistrationRefused(f"{path.name}: expected a JSON object")
-    return value
 
 
 def check_pipeline(directory: Path) -> dict[str, Any]:
@@ -81,15 +70,7 @@ def weight_files(directory: Path) -> list[Path]:
     if (directory / WEIGHTS).is_file():
         return [directory / WEIGHTS]
     if (directory / WEIGHTS_INDEX).is_file():
-        weight_map = read_json(directory / WEIGHTS_INDEX).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise RegistrationRefused(f"{WEIGHTS_INDEX}: expected a non-empty 'weight_map' of tensor -> file")
-        files = []
-        for name in sorted(set(weight_map.values())):
-            if not isinstance(name, str) or Path(name).name != name or not (directory / name).is_file():
-                raise RegistrationRefused(f"{WEIGHTS_INDEX}: lists shard {name!r}, which is not in {directory}")
-            files.append(directory / name)
-        return files
+        return indexed_shards(directory, WEIGHTS_INDEX)
     variants = sorted(p for p in directory.glob("*.safetensors") if VARIANT.match(p.name))
     if len(variants) == 1:
         return variants

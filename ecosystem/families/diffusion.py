@@ -44,6 +44,7 @@ from torch import nn
 from ecosystem.errors import RegistrationRefused
 from ecosystem.families import diffusers_files as files
 from ecosystem.families import image_scorers
+from ecosystem.families.hf_files import is_int, to_compute
 from ecosystem.families.registry import register_family
 from m2n2.checkpoint import DTYPE_NAMES, DTYPES, TensorSource, iter_tensors, write_safetensors
 from m2n2.errors import IncompatibleModels
@@ -184,7 +185,7 @@ class Diffusion:
             out["image_size"] = _native_size(base_dir)
         out.setdefault("max_size", 4 * out["image_size"])
         for field in ("image_size", "max_size"):
-            if not _is_int(out[field]) or out[field] < 1:
+            if not is_int(out[field]) or out[field] < 1:
                 raise ValueError(f"config.{field}: expected a positive integer, got {out[field]!r}")
         return out
 
@@ -218,7 +219,7 @@ class Diffusion:
         space.check_compatible(source.space, "UNet")
         dtype = COMPUTE_DTYPES[cfg["dtype"]]
         unet = files.empty_unet(Path(cfg["base_dir"]) / files.UNET)
-        tensors = {name: _to_compute(t, device, dtype) for name, t in iter_tensors(source, space)}
+        tensors = {name: to_compute(t, device, dtype) for name, t in iter_tensors(source, space)}
         missing, unexpected = unet.load_state_dict(tensors, strict=False, assign=True)
         if missing or unexpected:
             raise IncompatibleModels(f"UNet: tensor {(missing or unexpected)[0]!r} does not fit")
@@ -390,15 +391,7 @@ def _native_size(base_dir: str) -> int:
     return int(side) * _vae_scale_factor(base_dir)
 
 
-def _to_compute(tensor: torch.Tensor, device: str, dtype: torch.dtype) -> torch.Tensor:
-    return tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
-
-
 # --- argument checks ---------------------------------------------------------------------------------------
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _check_settings(config: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
@@ -411,9 +404,9 @@ def _check_settings(config: dict[str, Any], allowed: set[str]) -> dict[str, Any]
     if config["dtype"] not in COMPUTE_DTYPES:
         raise ValueError(f"config.dtype: expected one of {', '.join(COMPUTE_DTYPES)}, got {config['dtype']!r}")
     for field in ("steps", "batch_size", "max_steps", "max_images"):
-        if not _is_int(config[field]) or config[field] < 1:
+        if not is_int(config[field]) or config[field] < 1:
             raise ValueError(f"config.{field}: expected a positive integer, got {config[field]!r}")
-    if not _is_int(config["seed"]) or config["seed"] < 0:
+    if not is_int(config["seed"]) or config["seed"] < 0:
         raise ValueError(f"config.seed: expected an integer >= 0, got {config['seed']!r}")
     guidance = config["guidance"]
     if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not math.isfinite(guidance):

@@ -71,15 +71,7 @@ def safetensors_files(directory: Path) -> list[Path]:
     if (directory / WEIGHTS).is_file():
         return [directory / WEIGHTS]
     if (directory / WEIGHTS_INDEX).is_file():
-        weight_map = _read_json(directory / WEIGHTS_INDEX).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise RegistrationRefused(f"{WEIGHTS_INDEX}: expected a non-empty 'weight_map' of tensor -> file")
-        files = []
-        for name in sorted(set(weight_map.values())):
-            if not isinstance(name, str) or Path(name).name != name or not (directory / name).is_file():
-                raise RegistrationRefused(f"{WEIGHTS_INDEX}: lists shard {name!r}, which is not in {directory}")
-            files.append(directory / name)
-        return files
+        return indexed_shards(directory, WEIGHTS_INDEX)
     pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
         raise RegistrationRefused(f"{pickles[0]}: pickle-based weights are never loaded; {CONVERT_HINT}")
@@ -118,7 +110,7 @@ def check_no_custom_code(directory: Path) -> None:
         raise RegistrationRefused(f"{directory}: no config.json")
     for name in ("config.json", "tokenizer_config.json"):
         path = directory / name
-        if path.is_file() and "auto_map" in _read_json(path):
+        if path.is_file() and "auto_map" in read_json(path):
             raise RegistrationRefused(f"{name}: maps to custom code (auto_map); models that need it are not supported")
 
 
@@ -129,7 +121,7 @@ def check_config(base_dir: Path, directory: Path) -> None:
     """Refuse a ``config.json`` whose architecture differs from the base's, naming the first differing field."""
     if not (directory / "config.json").is_file():
         raise RegistrationRefused(f"{directory}: no config.json (save_pretrained writes one next to the weights)")
-    mine, theirs = _read_json(base_dir / "config.json"), _read_json(directory / "config.json")
+    mine, theirs = read_json(base_dir / "config.json"), read_json(directory / "config.json")
     for field in ("model_type", "architectures"):
         if mine.get(field) != theirs.get(field):
             raise RegistrationRefused(_config_mismatch(field, theirs.get(field), mine.get(field)))
@@ -174,7 +166,7 @@ def check_tokenizer(base_dir: Path, directory: Path, load_base: Callable[[str], 
         return
     if (base_dir / "tokenizer.json").is_file() and (directory / "tokenizer.json").is_file():
         difference = _tokenizer_json_difference(
-            _read_json(base_dir / "tokenizer.json"), _read_json(directory / "tokenizer.json")
+            read_json(base_dir / "tokenizer.json"), read_json(directory / "tokenizer.json")
         )
     else:
         from transformers import AutoTokenizer
@@ -233,14 +225,38 @@ def _vocab_difference(mine: dict[str, int], theirs: dict[str, int]) -> str | Non
     return None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; ``RegistrationRefused`` naming the file otherwise."""
     try:
         value = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RegistrationRefused(f"{path.name}: not valid JSON ({e})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RegistrationRefused(f"{path.name}: not readable JSON ({e})") from None
     if not isinstance(value, dict):
         raise RegistrationRefused(f"{path.name}: expected a JSON object")
     return value
+
+
+def indexed_shards(directory: Path, index: str) -> list[Path]:
+    """The shard files a safetensors index (``*.safetensors.index.json``) maps tensors to, each checked to exist."""
+    weight_map = read_json(directory / index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise RegistrationRefused(f"{index}: expected a non-empty 'weight_map' of tensor -> file")
+    files = []
+    for name in sorted(set(weight_map.values())):
+        if not isinstance(name, str) or Path(name).name != name or not (directory / name).is_file():
+            raise RegistrationRefused(f"{index}: lists shard {name!r}, which is not in {directory}")
+        files.append(directory / name)
+    return files
+
+
+def to_compute(tensor: torch.Tensor, device: str, dtype: torch.dtype) -> torch.Tensor:
+    """A checkpoint tensor on ``device``; floating-point ones in the compute dtype."""
+    return tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+
+
+def is_int(value: Any) -> bool:
+    """An integer config value (a bool is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # --- the model on the meta device ----------------------------------------------------------------------

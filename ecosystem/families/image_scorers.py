@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from ecosystem.errors import RegistrationRefused
+from ecosystem.families.hf_files import read_json
 from m2n2.digits import MLP
 
 DIGITS_CONFIG = {"architecture": "digits-mlp", "n_inputs": 64, "n_hidden": 256, "n_classes": 10}
@@ -165,9 +167,6 @@ def _embeddings(output) -> torch.Tensor:
 
 def _read_json(path: Path) -> dict:
     try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"scorer_dir: {path} is not a readable JSON file ({e})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"scorer_dir: {path} is not a JSON object")
-    return value
+        return read_json(path)
+    except RegistrationRefused as e:
+        raise ValueError(f"scorer_dir: {path}: {e}") from None
