@@ -112,7 +112,7 @@ def test_a_failing_tick_is_logged_and_the_schedule_goes_on(settings_env, tmp_pat
 
 
 def test_evolver_command_stops_cleanly_on_sigterm(demo_dir, settings_env):
-    """``m2n2 evolver`` in-process: SIGTERM lets the running tick finish, then it exits 0."""
+    """``m2n2 evolver`` in-process: SIGTERM ends the running tick after its batch, recorded, then it exits 0."""
     settings_env.setenv("M2N2_EVOLUTION__INTERVAL_SECONDS", "0.1")
     settings_env.setenv("M2N2_EVOLUTION__STEPS_PER_TICK", "50")
     runtime = open_runtime(Settings(data_dir=demo_dir))
@@ -130,5 +130,5 @@ def test_evolver_command_stops_cleanly_on_sigterm(demo_dir, settings_env):
     stopper.start()
     assert main(["evolver", "--data-dir", str(demo_dir)]) == 0
     stopper.join()
-    assert steps_done(runtime) >= 100 and steps_done(runtime) % 50 == 0  # only whole ticks are recorded
+    assert steps_done(runtime) >= 100  # the ticks before the signal, and the steps of the one it cut short
     assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
