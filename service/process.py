@@ -67,6 +67,25 @@ class Server:
         self.stop()
         raise RuntimeError(f"{route} did not answer 200 within {STARTUP_SECONDS} s:\n{self.log()[-4000:]}")
 
+    def wait_for_first_tick(self, timeout: float = 120) -> None:
+        """Wait until the evolver's tick at start and its promotion are over: the store then stays put.
+
+        Done when ``/status`` shows at least one tick's steps and the same steps and champion
+        version twice, a second apart.
+        """
+        steps = int(self.env.get("M2N2_EVOLUTION__STEPS_PER_TICK") or 1)
+        deadline, last = time.monotonic() + timeout, None
+        with self.client() as c:
+            while True:
+                status = c.post("/status").json()
+                now = (status["steps"], (status["champion"] or {}).get("version"))
+                if status["steps"] >= steps and now == last:
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the evolver's first tick did not finish within {timeout} s: {now}")
+                last = now
+                time.sleep(1.0)
+
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return

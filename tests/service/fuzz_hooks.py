@@ -19,6 +19,7 @@ def fingerprint(data_dir: Path) -> dict[str, object]:
     """The store's rows per table, its newest model id, the champion and the artifact files."""
     with sqlite3.connect(f"file:{data_dir / 'ecosystem.db'}?mode=ro", uri=True) as db:
         tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        tables.remove("workers")  # the serving workers' heartbeats, written on their own schedule
         state: dict[str, object] = {t: db.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
         state["champion"] = db.execute("SELECT * FROM champion").fetchall()
         state["newest model"] = db.execute("SELECT max(id) FROM models").fetchone()

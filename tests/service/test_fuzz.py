@@ -78,6 +78,7 @@ def st_run(server: Server, token: bool) -> str:
 @pytest.fixture(scope="module")
 def digits_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     running = serve(tmp_path_factory.mktemp("fuzz-digits"), M2N2_ADMIN_TOKEN=TOKEN)
+    running.wait_for_first_tick()  # a tick running meanwhile would change the store under the refusal check
     yield running
     running.stop()
 
@@ -86,7 +87,14 @@ def digits_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def lm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("fuzz-lm")
     lm_data_dir(root)
-    running = serve(root, M2N2_ADMIN_TOKEN=TOKEN, M2N2_SERVICE__INIT_DEMO="false", M2N2_SERVICE__MAX_TOKENS_CAP="16")
+    running = serve(
+        root,
+        M2N2_ADMIN_TOKEN=TOKEN,
+        M2N2_SERVICE__INIT_DEMO="false",
+        M2N2_SERVICE__MAX_TOKENS_CAP="16",
+        M2N2_EVOLUTION__STEPS_PER_TICK="4",
+    )
+    running.wait_for_first_tick()
     yield running
     running.stop()
 

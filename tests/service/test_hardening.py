@@ -25,23 +25,9 @@ TOKEN = "hardening-token"
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server of its own: the last test here breaks its champion on purpose."""
     running = serve(tmp_path_factory.mktemp("hardening"), M2N2_ADMIN_TOKEN=TOKEN)
-    wait_for_the_first_tick(running)
+    running.wait_for_first_tick()
     yield running
     running.stop()
-
-
-def wait_for_the_first_tick(server: Server, steps: int = 100) -> None:
-    """The evolver's tick at start (``serve``'s 100 steps) and its promotion are over: the champion stays put."""
-    deadline, last = time.monotonic() + 120, None
-    with server.client() as c:
-        while True:
-            status = c.post("/status").json()
-            now = (status["steps"], status["champion"]["version"])
-            if status["steps"] >= steps and now == last:
-                return
-            assert time.monotonic() < deadline, status["steps"]
-            last = now
-            time.sleep(1.0)
 
 
 @pytest.fixture
