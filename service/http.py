@@ -22,9 +22,9 @@ VERSION_HEADER = "X-Model-Version"
 OPENAI_PREFIX = "/v1/"  # the OpenAI-compatible routes answer errors in OpenAI's shape
 
 
-def error_json(path: str, message: str, kind: str = "invalid_request_error") -> dict[str, Any]:
+def error_json(path: str, message: str) -> dict[str, Any]:
     """The error body of a route: ``{"error": message}``, or OpenAI's ``{"error": {"message", ...}}`` under /v1."""
-    return error_body(message, kind=kind) if path.startswith(OPENAI_PREFIX) else {"error": message}
+    return error_body(message) if path.startswith(OPENAI_PREFIX) else {"error": message}
 
 
 async def send_error(
